@@ -1,0 +1,76 @@
+"""What every caffenorm layer module shares: Caffe's blob view of its tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from caffenorm.errors import BlobError
+
+__all__ = ["CaffeLayer", "as_shape"]
+
+
+def as_shape(layer: str, param: str, shape: int | Sequence[int]) -> tuple[int, ...]:
+    """Normalise a shape argument (an int or a sequence of non-negative ints) to a tuple."""
+    dims = (shape,) if isinstance(shape, int) else shape
+    try:
+        out = tuple(int(d) for d in dims)
+        ok = all(d >= 0 and d == orig for d, orig in zip(out, dims))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise BlobError(f"{layer}: {param}={shape!r} is not a shape; give an int or a sequence of non-negative ints")
+    return out
+
+
+def _legacy_match(got: tuple[int, ...], expected: tuple[int, ...]) -> bool:
+    """Caffe's ``Blob::ShapeEquals`` for old 4-D (num, channels, height, width) blobs: the expected
+    shape left-padded with 1s to four axes."""
+    return len(got) == 4 and len(expected) <= 4 and got == (1,) * (4 - len(expected)) + expected
+
+
+class CaffeLayer(nn.Module):
+    """Base of the layer modules: ``caffe_blobs()`` / ``load_caffe_blobs()`` in Caffe's blob order."""
+
+    caffe_type: str = ""
+
+    def caffe_blobs(self) -> list[Tensor]:
+        """The layer's blobs in Caffe's order and shapes: the parameters and buffers themselves."""
+        return []
+
+    def _blob_names(self) -> list[str]:
+        return []
+
+    @torch.no_grad()
+    def load_caffe_blobs(self, blobs: Sequence[Any]) -> None:
+        """Copy ``blobs`` (array-likes in Caffe's order) into the layer, checking count and shapes.
+
+        A blob may also come in the legacy 4-D ``(num, channels, height, width)`` form that old
+        caffemodels use, e.g. ``(1, 1, 1, C)`` for a ``(C,)`` blob.
+        """
+        own = self.caffe_blobs()
+        names = self._blob_names()
+        if len(blobs) != len(own):
+            listing = ", ".join(f"{n}{tuple(t.shape)}" for n, t in zip(names, own)) or "none"
+            raise BlobError(
+                f"{self.caffe_type}: got {len(blobs)} blobs, expected {len(own)} ({listing}) for {self.extra_repr()}"
+            )
+        arrays = []
+        for i, (name, target, blob) in enumerate(zip(names, own, blobs)):
+            arr = np.asarray(blob.detach().cpu() if isinstance(blob, Tensor) else blob)
+            got, expected = tuple(arr.shape), tuple(target.shape)
+            if got != expected and not _legacy_match(got, expected):
+                raise BlobError(
+                    f"{self.caffe_type}: blob {i} ({name}) has shape {got}, expected {expected}; "
+                    "was it saved from a layer with different settings?"
+                )
+            if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+                raise BlobError(f"{self.caffe_type}: blob {i} ({name}) has dtype {arr.dtype}, expected real numbers")
+            arrays.append(arr.reshape(expected))
+        # Copy only after every blob passed, so a bad list leaves the layer unchanged.
+        for target, arr in zip(own, arrays):
+            target.copy_(torch.from_numpy(np.ascontiguousarray(arr)).to(target.dtype))
