@@ -54,8 +54,8 @@ try:  # protobuf >= 4.22
 except ImportError:  # protobuf 4.21: only the (later removed) MessageFactory API exists
 
     def _get_message_class(descriptor: Descriptor) -> type[Message]:
-        factory = message_factory.MessageFactory(descriptor.file.pool)
-        return factory.GetPrototype(descriptor)  # type: ignore[no-any-return]
+        cls: type[Message] = message_factory.MessageFactory(descriptor.file.pool).GetPrototype(descriptor)
+        return cls
 
 
 # ---------------------------------------------------------------------------------------
@@ -820,7 +820,7 @@ _MESSAGES: dict[str, _Message] = {
         (12, "neg_pos_ratio", "float", 3.0),
         (13, "neg_overlap", "float", 0.5),
         (14, "code_type", "PriorBoxParameter.CodeType", "CORNER"),
-        # 15 is unused upstream.
+        # (no field 15)
         (16, "encode_variance_in_target", "bool", False),
         (17, "map_object_to_agnostic", "bool", False),
         (18, "ignore_cross_boundary_bbox", "bool", False),
@@ -877,7 +877,7 @@ _PACKAGE = "caffe"
 _FILE_NAME = "caffenorm/caffe/caffe.proto"  # a name in our private pool, not a real file
 
 _FDP = descriptor_pb2.FieldDescriptorProto
-_SCALAR_TYPES: dict[str, int] = {
+_SCALAR_TYPES: dict[str, _FDP.Type.ValueType] = {
     "double": _FDP.TYPE_DOUBLE,
     "float": _FDP.TYPE_FLOAT,
     "int64": _FDP.TYPE_INT64,
@@ -888,7 +888,7 @@ _SCALAR_TYPES: dict[str, int] = {
     "string": _FDP.TYPE_STRING,
     "bytes": _FDP.TYPE_BYTES,
 }
-_LABELS: dict[str, int] = {
+_LABELS: dict[str, _FDP.Label.ValueType] = {
     "optional": _FDP.LABEL_OPTIONAL,
     "repeated": _FDP.LABEL_REPEATED,
     "packed": _FDP.LABEL_REPEATED,
@@ -903,7 +903,7 @@ def _add_enum(proto: descriptor_pb2.EnumDescriptorProto, name: str, values: str)
         proto.value.add(name=value_name, number=int(number))
 
 
-def _resolve_type(owner: str, ref: str) -> tuple[int, str]:
+def _resolve_type(owner: str, ref: str) -> tuple[_FDP.Type.ValueType, str]:
     """Return (field type, fully qualified type name) for a type written in the table."""
     if ref in _SCALAR_TYPES:
         return _SCALAR_TYPES[ref], ""
@@ -929,19 +929,19 @@ def _default_text(value: _Default) -> str:
 
 
 def _add_field(proto: descriptor_pb2.FieldDescriptorProto, owner: str, field: _Field) -> None:
-    number, name, spec = field[0], field[1], field[2]
+    number, name, spec, *default = field
     words = spec.split()
     label = words[0] if len(words) == 2 else "optional"
     proto.name = name
     proto.number = number
-    proto.label = _LABELS[label]  # type: ignore[assignment]
-    proto.type, type_name = _resolve_type(owner, words[-1])  # type: ignore[assignment]
+    proto.label = _LABELS[label]
+    proto.type, type_name = _resolve_type(owner, words[-1])
     if type_name:
         proto.type_name = type_name
     if label == "packed":
         proto.options.packed = True
-    if len(field) == 4:
-        proto.default_value = _default_text(field[3])  # type: ignore[misc]
+    if default:
+        proto.default_value = _default_text(default[0])
 
 
 def _build_file() -> descriptor_pb2.FileDescriptorProto:
@@ -984,19 +984,22 @@ def message_class(name: str) -> type[Message]:
         raise KeyError(f"no Caffe message named {name!r}{hint}") from None
 
 
-# Module-level names: one class per message (schema.NetParameter, ...), and for each
-# package-level enum a wrapper plus its values (schema.Phase, schema.TRAIN, schema.TEST).
-globals().update(_CLASSES)
-_ENUM_NAMES: list[str] = []
-for _enum in DESCRIPTOR.enum_types_by_name.values():
-    globals()[_enum.name] = enum_type_wrapper.EnumTypeWrapper(_enum)
-    _ENUM_NAMES.append(_enum.name)
-    for _value in _enum.values:
-        globals()[_value.name] = _value.number
-        _ENUM_NAMES.append(_value.name)
-del _enum, _value
+def _package_enums(file: FileDescriptor) -> dict[str, object]:
+    """For each package-level enum: a wrapper (``Phase``) and its values (``TRAIN``, ``TEST``)."""
+    names: dict[str, object] = {}
+    for enum in file.enum_types_by_name.values():
+        names[enum.name] = enum_type_wrapper.EnumTypeWrapper(enum)
+        names.update((value.name, value.number) for value in enum.values)
+    return names
 
-__all__ = ["DESCRIPTOR", "message_class", *_ENUM_NAMES, *_CLASSES]
+
+# Module-level names: one class per message (schema.NetParameter, ...) plus the
+# package-level enums (schema.Phase, schema.TRAIN, schema.TEST).
+_ENUM_EXPORTS = _package_enums(DESCRIPTOR)
+globals().update(_CLASSES)
+globals().update(_ENUM_EXPORTS)
+
+__all__ = ["DESCRIPTOR", "message_class", *_ENUM_EXPORTS, *_CLASSES]
 
 
 def __getattr__(name: str) -> type[Message]:
