@@ -30,15 +30,6 @@ def check_ndim(layer: str, x: Tensor, allowed: range | tuple[int, ...], shape_hi
         )
 
 
-def check_channels(layer: str, x: Tensor, channels: int, param: str = "channels") -> None:
-    """Raise unless dimension 1 of ``x`` equals the layer's channel count."""
-    if x.shape[1] != channels:
-        raise InputShapeError(
-            f"{layer}: input has {x.shape[1]} channels (shape {tuple(x.shape)}) but the layer was built "
-            f"with {param}={channels}; build it with {param}={x.shape[1]} or feed the matching tensor"
-        )
-
-
 def check_real(layer: str, param: str, value: float, *, minimum: float | None = None, inclusive: bool = True) -> float:
     """Return ``float(value)`` after checking it is finite and (optionally) not below ``minimum``."""
     try:

@@ -40,9 +40,9 @@ def batch_norm(
     channels = mean_sum.numel()
     if input.shape[1] != channels or var_sum.numel() != channels or scale_factor.numel() != 1:
         raise InputShapeError(
-            f"BatchNorm: input has {input.shape[1]} channels (shape {tuple(input.shape)}) but the blobs "
-            f"have shapes {tuple(mean_sum.shape)}, {tuple(var_sum.shape)}, {tuple(scale_factor.shape)}; "
-            "expected (C,), (C,), (1,) with C = input.shape[1]"
+            f"BatchNorm: input has {input.shape[1]} channels (shape {tuple(input.shape)}) but the layer's "
+            f"blobs are for channels={channels} (shapes {tuple(mean_sum.shape)}, {tuple(var_sum.shape)}, "
+            f"{tuple(scale_factor.shape)}); build the layer with channels={input.shape[1]} or feed the matching tensor"
         )
     eps = check_real("BatchNorm", "eps", eps, minimum=0.0)
     dtype = compute_dtype(input)

@@ -73,4 +73,4 @@ class CaffeLayer(nn.Module):
             arrays.append(arr.reshape(expected))
         # Copy only after every blob passed, so a bad list leaves the layer unchanged.
         for target, arr in zip(own, arrays):
-            target.copy_(torch.from_numpy(np.ascontiguousarray(arr)).to(target.dtype))
+            target.copy_(torch.as_tensor(np.array(arr), dtype=target.dtype))

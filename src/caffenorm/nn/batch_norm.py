@@ -6,11 +6,13 @@ import torch
 from torch import Tensor
 
 from caffenorm.errors import LayerConfigError
-from caffenorm.functional._checks import check_channels, check_ndim, check_real
+from caffenorm.functional._checks import check_real
 from caffenorm.functional.batch_norm import batch_norm
 from caffenorm.nn._base import CaffeLayer
 
 __all__ = ["BatchNorm"]
+
+torch.fx.wrap("batch_norm")  # one node under torch.fx tracing
 
 
 class BatchNorm(CaffeLayer):
@@ -86,8 +88,6 @@ class BatchNorm(CaffeLayer):
         return (not self.training) if self.use_global_stats is None else self.use_global_stats
 
     def forward(self, input: Tensor) -> Tensor:
-        check_ndim("BatchNorm", input, range(2, 64), "at least 2 dimensions (N, C, ...)")
-        check_channels("BatchNorm", input, self.channels)
         return batch_norm(
             input,
             self.mean_sum,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from caffenorm.functional._checks import check_real
@@ -9,6 +10,9 @@ from caffenorm.functional.lrn import NormRegion, check_local_size, lrn, parse_no
 from caffenorm.nn._base import CaffeLayer
 
 __all__ = ["LRN"]
+
+# Keep the functional a single node under torch.fx tracing (its input checks need real tensors).
+torch.fx.wrap("lrn")
 
 
 class LRN(CaffeLayer):

@@ -6,11 +6,13 @@ import torch
 from torch import Tensor, nn
 
 from caffenorm.errors import LayerConfigError
-from caffenorm.functional._checks import check_channels, check_real
+from caffenorm.functional._checks import check_real
 from caffenorm.functional.normalize import normalize
 from caffenorm.nn._base import CaffeLayer
 
 __all__ = ["Normalize"]
+
+torch.fx.wrap("normalize")  # one node under torch.fx tracing
 
 
 class Normalize(CaffeLayer):
@@ -43,6 +45,8 @@ class Normalize(CaffeLayer):
     Shape:
         - Input: :math:`(N, C)`, :math:`(N, C, H)` or :math:`(N, C, H, W)` (Caffe reads at most 4 axes)
         - Output: same shape as the input
+
+    A channel-shared layer has a scalar blob and, like Caffe's, fits any channel count.
     """
 
     caffe_type = "Normalize"
@@ -72,8 +76,6 @@ class Normalize(CaffeLayer):
         self.weight = nn.Parameter(torch.full(shape, init, device=device, dtype=dtype))
 
     def forward(self, input: Tensor) -> Tensor:
-        if input.dim() >= 2:
-            check_channels("Normalize", input, self.channels)
         return normalize(input, self.weight, self.across_spatial, self.eps, self.caffe_backward)
 
     def caffe_blobs(self) -> list[Tensor]:
