@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from caffenorm.errors import BlobError
+from caffenorm.errors import BlobError, LayerConfigError
 
 __all__ = ["CaffeLayer", "as_shape"]
 
@@ -23,7 +23,7 @@ def as_shape(layer: str, param: str, shape: int | Sequence[int]) -> tuple[int, .
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise BlobError(f"{layer}: {param}={shape!r} is not a shape; give an int or a sequence of non-negative ints")
+        raise LayerConfigError(f"{layer}: {param}={shape!r} is not a shape; give an int or a sequence of non-negative ints")
     return out
 
 

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from caffenorm.errors import InputShapeError, LayerConfigError
+from caffenorm.functional._checks import canonical_axis
 from caffenorm.functional.batch_norm import bias as bias_fn
 from caffenorm.functional.batch_norm import scale as scale_fn
 from caffenorm.nn._base import CaffeLayer, as_shape
@@ -28,10 +29,11 @@ def _check_axes(layer: str, shape: tuple[int, ...] | None, axis: int, num_axes: 
         )
 
 
-def _check_to_end(layer: str, x: Tensor, blob: Tensor, axis: int) -> None:
-    """``num_axes: -1``: the blob must cover every axis from ``axis`` on."""
-    start = axis + x.dim() if axis < 0 else axis
-    if start + blob.dim() != x.dim():
+def _check_learned_span(layer: str, x: Tensor, blob: Tensor, axis: int, num_axes: int) -> None:
+    """Caffe's one-bottom checks: ``axis`` must index the input even for a scalar blob, and with
+    ``num_axes: -1`` the blob must cover every axis from ``axis`` on."""
+    start = canonical_axis(layer, "axis", axis, x.dim())
+    if num_axes == -1 and start + blob.dim() != x.dim():
         raise InputShapeError(
             f"{layer}: num_axes=-1 means the blob covers input axes {start}..{x.dim() - 1}, but it has "
             f"shape {tuple(blob.shape)} and the input has shape {tuple(x.shape)}"
@@ -106,8 +108,7 @@ class Scale(CaffeLayer):
                     "Scale: got a second input but the scale is learned; build with scale_from_input=True"
                 )
             gamma = self.weight
-            if self.num_axes == -1:
-                _check_to_end("Scale", input, gamma, self.axis)
+            _check_learned_span("Scale", input, gamma, self.axis, self.num_axes)
         return scale_fn(input, gamma, self.bias, self.axis)
 
     def caffe_blobs(self) -> list[Tensor]:
@@ -169,8 +170,7 @@ class Bias(CaffeLayer):
             if bias is not None:
                 raise InputShapeError("Bias: got a second input but the bias is learned; build with bias_from_input=True")
             beta = self.bias
-            if self.num_axes == -1:
-                _check_to_end("Bias", input, beta, self.axis)
+            _check_learned_span("Bias", input, beta, self.axis, self.num_axes)
         return bias_fn(input, beta, self.axis)
 
     def caffe_blobs(self) -> list[Tensor]:
