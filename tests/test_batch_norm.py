@@ -500,3 +500,61 @@ def test_caffe_blobs_are_the_buffers_in_caffe_order():
 def test_errors_share_the_base_class():
     for err in (LayerConfigError, InputShapeError, BlobError):
         assert issubclass(err, caffenorm.CaffeNormError) and issubclass(err, ValueError)
+
+
+# --- BatchNormScale: the fused BatchNorm -> Scale(bias) pair -------------------------------------
+
+
+def _bn_scale_pair(channels, seed, bias_term=True):
+    rng = np.random.default_rng(seed)
+    bn = caffenorm.BatchNorm(channels).double()
+    bn.load_caffe_blobs([rng.standard_normal(channels) * 5, rng.uniform(1, 3, channels) * 5, [5.0]])
+    scale = caffenorm.Scale((channels,), bias_term=bias_term).double()
+    scale.load_caffe_blobs([rng.uniform(0.5, 2, channels)] + ([rng.standard_normal(channels)] if bias_term else []))
+    return bn, scale
+
+
+@pytest.mark.parametrize("bias_term", [True, False])
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("shape", [(4, 3), (2, 3, 5, 4), (2, 3, 2, 2, 3), (1, 3)])
+def test_batch_norm_scale_fused_equals_the_two_layers(shape, train, bias_term):
+    x_np, g_np = np.random.default_rng(1).standard_normal(shape), np.random.default_rng(2).standard_normal(shape)
+    chained_bn, chained_scale = _bn_scale_pair(shape[1], 3, bias_term)
+    fused = caffenorm.BatchNormScale(*_bn_scale_pair(shape[1], 3, bias_term)).train(train)
+    chained = torch.nn.Sequential(chained_bn, chained_scale).train(train)
+    results = []
+    for model in (chained, fused):
+        x = torch.tensor(x_np, requires_grad=True)
+        y = model(x)
+        params = [p for p in model.parameters()]
+        grads = torch.autograd.grad(y, [x, *params], torch.tensor(g_np))
+        results.append((y.detach(), grads, [b.clone() for b in (model[0] if model is chained else model.batch_norm).caffe_blobs()]))
+    (y_a, g_a, blobs_a), (y_b, g_b, blobs_b) = results
+    torch.testing.assert_close(y_b, y_a)
+    for a, b in zip(g_a, g_b):
+        torch.testing.assert_close(b, a)
+    for a, b in zip(blobs_a, blobs_b):
+        torch.testing.assert_close(b, a)
+
+
+def test_batch_norm_scale_shares_the_layers_tensors():
+    bn, scale = caffenorm.BatchNorm(3), caffenorm.Scale(3, bias_term=True)
+    fused = caffenorm.BatchNormScale(bn, scale)
+    blobs = fused.caffe_blobs()
+    assert blobs[0] is bn.mean_sum and blobs[3] is scale.weight and blobs[4] is scale.bias
+    fused(torch.randn(4, 3))
+    assert bn.scale_factor.item() == 1.0
+
+
+@pytest.mark.parametrize(
+    "scale",
+    [
+        caffenorm.Scale((4,), bias_term=True),
+        caffenorm.Scale((3, 2), num_axes=2),
+        caffenorm.Scale((3,), axis=0),
+        caffenorm.Scale((3,), scale_from_input=True, bias_term=True),
+    ],
+)
+def test_batch_norm_scale_rejects_scales_it_cannot_fuse(scale):
+    with pytest.raises(caffenorm.LayerConfigError, match="cannot fuse"):
+        caffenorm.BatchNormScale(caffenorm.BatchNorm(3), scale)

@@ -3,13 +3,14 @@
 from caffenorm import functional
 from caffenorm.errors import BlobError, CaffeNormError, InputShapeError, LayerConfigError
 from caffenorm.functional.lrn import NormRegion
-from caffenorm.nn import LRN, BatchNorm, Bias, CaffeLayer, Normalize, Scale
+from caffenorm.nn import LRN, BatchNorm, BatchNormScale, Bias, CaffeLayer, Normalize, Scale
 
 __version__ = "0.1.0"
 
 __all__ = [
     "LRN",
     "BatchNorm",
+    "BatchNormScale",
     "Bias",
     "BlobError",
     "CaffeLayer",

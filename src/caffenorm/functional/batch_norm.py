@@ -31,10 +31,14 @@ def batch_norm(
     use_global_stats: bool,
     moving_average_fraction: float = 0.999,
     eps: float = 1e-5,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
 ) -> Tensor:
     """Caffe BatchNorm on an ``(N, C, ...)`` tensor.  See :class:`caffenorm.BatchNorm`.
 
     With ``use_global_stats=False`` the three blobs are updated in place, as Caffe does.
+    ``weight`` and ``bias`` (shape ``(C,)``) apply the per-channel Scale that follows BatchNorm in
+    Caffe models in the same kernel (see :class:`caffenorm.BatchNormScale`).
     """
     check_ndim("BatchNorm", input, range(2, 64), "at least 2 dimensions (N, C, ...)")
     channels = mean_sum.numel()
@@ -45,8 +49,13 @@ def batch_norm(
             f"{tuple(scale_factor.shape)}); build the layer with channels={input.shape[1]} or feed the matching tensor"
         )
     eps = check_real("BatchNorm", "eps", eps, minimum=0.0)
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and tuple(t.shape) != (channels,):
+            raise InputShapeError(f"BatchNorm: {name} has shape {tuple(t.shape)}, expected ({channels},)")
     dtype = compute_dtype(input)
     x = input.to(dtype)
+    w = None if weight is None else weight.to(dtype)
+    b = None if bias is None else bias.to(dtype)
 
     if use_global_stats:
         # Caffe: f = (s == 0) ? 0 : 1/s; mean = f*blob0; var = f*blob1.  s == 0 gives zero
@@ -54,7 +63,7 @@ def batch_norm(
         s = scale_factor.to(dtype)
         f = torch.where(s == 0, torch.zeros_like(s), torch.reciprocal(s))
         mean, var = mean_sum.to(dtype) * f, var_sum.to(dtype) * f
-        y = torch.batch_norm(x, None, None, mean, var, False, 0.0, eps, _cudnn())
+        y = torch.batch_norm(x, w, b, mean, var, False, 0.0, eps, _cudnn())
         return y.to(input.dtype)
 
     maf = check_real("BatchNorm", "moving_average_fraction", moving_average_fraction)
@@ -64,7 +73,7 @@ def batch_norm(
         # variance into these buffers: exactly the terms Caffe adds to its blobs.
         batch_mean = torch.zeros(channels, dtype=dtype, device=input.device)
         batch_var = torch.zeros(channels, dtype=dtype, device=input.device)
-        y = torch.batch_norm(x, None, None, batch_mean, batch_var, True, 1.0, eps, _cudnn())
+        y = torch.batch_norm(x, w, b, batch_mean, batch_var, True, 1.0, eps, _cudnn())
     else:
         # m == 1 (e.g. one sample of an (N=1, C) input): every value is its own mean.  Caffe
         # normalises to 0 and, with m/(m-1) undefined, applies no correction to the variance.
@@ -72,6 +81,9 @@ def batch_norm(
         centred = x - x.mean(dim=dims, keepdim=True)
         var = centred.square().mean(dim=dims, keepdim=True)
         y = centred / torch.sqrt(var + eps)
+        if w is not None or b is not None:
+            shape = (1, channels) + (1,) * (x.dim() - 2)
+            y = y * (1.0 if w is None else w.view(shape)) + (0.0 if b is None else b.view(shape))
         batch_mean = x.detach().mean(dim=dims).reshape(channels)
         batch_var = var.detach().reshape(channels)
     with torch.no_grad():

@@ -7,7 +7,8 @@ Both regions share one shape of computation, which is what lets one autograd Fun
 
 ACROSS_CHANNELS: the window is ``local_size`` channels, ``c = alpha / n``, ``k' = k``.
 WITHIN_CHANNEL: the window is ``n x n`` spatial positions, ``c = alpha / n**2``, ``k' = 1``.
-Both windows are zero padded and symmetric, so the window sum is its own adjoint.
+Both windows are zero padded and symmetric, so the window sum is its own adjoint.  Only ``x`` and
+``y`` are kept for backward; ``S`` is recomputed there, a chunk of samples at a time.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import Tensor
 
 from caffenorm.errors import LayerConfigError
 from caffenorm.functional._checks import check_ndim, check_real, compute_dtype
+from caffenorm.functional._chunks import batch_slices
 
 __all__ = ["NormRegion", "lrn", "parse_norm_region"]
 
@@ -58,20 +60,26 @@ def check_local_size(local_size: int) -> int:
     return local_size
 
 
-def _window_sum(t: Tensor, half: int, dims: tuple[int, ...]) -> Tensor:
-    """Sum of ``t`` over the zero-padded window ``[i - half, i + half]`` along each of ``dims``.
+def _window_sum(t: Tensor, half: int, dims: tuple[int, ...], out: Tensor, shift: float = 0.0) -> Tensor:
+    """Write into ``out`` ``shift`` plus the sum of ``t`` over the zero-padded window
+    ``[i - half, i + half]`` along each of ``dims`` (separably).
 
     A direct sum of shifted slices: exact to a few ulp, unlike a cumulative-sum difference, whose
     float32 error grows with the magnitude of everything before the window.
     """
-    out = t
-    for dim in dims:
-        size = out.shape[dim]
-        acc = out.clone()
+    src = t
+    for i, dim in enumerate(dims):
+        last = i == len(dims) - 1
+        dst = out if last else torch.empty_like(t)
+        if last and shift:
+            torch.add(src, shift, out=dst)
+        else:
+            dst.copy_(src)
+        size = src.shape[dim]
         for d in range(1, min(half, size - 1) + 1):
-            acc.narrow(dim, d, size - d).add_(out.narrow(dim, 0, size - d))
-            acc.narrow(dim, 0, size - d).add_(out.narrow(dim, d, size - d))
-        out = acc
+            dst.narrow(dim, d, size - d).add_(src.narrow(dim, 0, size - d))
+            dst.narrow(dim, 0, size - d).add_(src.narrow(dim, d, size - d))
+        src = dst
     return out
 
 
@@ -83,7 +91,7 @@ def _poison_like_running_sum(t: Tensor, wsum: Tensor, half: int) -> None:
     position is NaN.  A direct sum keeps them finite; this restores Caffe's result.  The common
     all-finite case costs one reduction.
     """
-    if torch.isfinite(t.sum()):
+    if t.device.type == "meta" or torch.isfinite(t.sum()):
         return
     channels = t.shape[1]
     bad = ~torch.isfinite(t)
@@ -94,57 +102,77 @@ def _poison_like_running_sum(t: Tensor, wsum: Tensor, half: int) -> None:
     wsum.masked_fill_(idx > first_bad + half, float("nan"))
 
 
-def _pow_neg(s: Tensor, beta: float) -> Tensor:
-    """``s ** -beta``; the betas of real models get forms several times cheaper than ``pow``.
+def _pow_neg(s: Tensor, beta: float, out: Tensor) -> Tensor:
+    """Write ``s ** -beta`` into ``out``; the betas of real models get forms several times cheaper
+    than ``pow``.
 
-    beta = 0.75 (AlexNet, CaffeNet, GoogLeNet, ZF): ``rsqrt(s) * sqrt(rsqrt(s))``, within 3 ulp.
+    beta = 0.75 (AlexNet, CaffeNet, GoogLeNet, ZF): ``rsqrt(s) * sqrt(rsqrt(s))``, within 2 ulp, and
+    like ``pow`` it gives 0 at s = inf and inf at s = 0.
     """
     if beta == 0.75:
-        r = torch.rsqrt(s)
-        return torch.sqrt(r).mul_(r)
+        r = torch.rsqrt(s, out=out)
+        return r.mul_(torch.sqrt(r))
     if beta == 0.5:
-        return torch.rsqrt(s)
+        return torch.rsqrt(s, out=out)
     if beta == 1.0:
-        return torch.reciprocal(s)
+        return torch.reciprocal(s, out=out)
     if beta == 0.0:
-        return torch.ones_like(s)
-    return torch.pow(s, -beta)
+        return out.fill_(1.0)
+    return torch.pow(s, -beta, out=out)
+
+
+def _denominator_base(xc: Tensor, half: int, coef: float, k: float, dims: tuple[int, ...], within: bool) -> Tensor:
+    """``S = k + coef * window_sum(x**2)`` for one chunk (Caffe scales each square by alpha/n before
+    summing the window, as its ``caffe_axpy`` does)."""
+    sq = torch.mul(xc, xc).mul_(coef)
+    s = _window_sum(sq, half, dims, out=torch.empty_like(sq), shift=k)
+    if not within:
+        _poison_like_running_sum(sq, s, half)
+    return s
 
 
 class _LRNFunction(torch.autograd.Function):
-    """Forward saves ``x``, ``y`` and ``S`` (the denominator base) and nothing else."""
+    """Saves only the input and the output; backward recomputes ``S`` chunk by chunk, in cache,
+    which is cheaper than keeping a third full-size tensor alive between the passes."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, half: int, coef: float, beta: float, k: float, within: bool) -> Tensor:
         dims = (2, 3) if within else (1,)
-        xc = x.to(compute_dtype(x))
-        sq = xc * xc
-        s = _window_sum(sq, half, dims)
-        if not within:
-            _poison_like_running_sum(sq, s, half)
-        del sq
-        s.mul_(coef).add_(k)
-        y = (xc * _pow_neg(s, beta)).to(x.dtype)
-        ctx.save_for_backward(x, y, s)
-        ctx.config = (half, coef, beta, dims, within)
+        dtype = compute_dtype(x)
+        y = torch.empty_like(x)
+        for rows in batch_slices(x):
+            xc = x[rows].to(dtype)
+            s = _denominator_base(xc, half, coef, k, dims, within)
+            p = _pow_neg(s, beta, out=s)
+            if y.dtype == dtype:
+                torch.mul(p, xc, out=y[rows])
+            else:
+                y[rows] = p.mul_(xc)
+        ctx.save_for_backward(x, y)
+        ctx.config = (half, coef, beta, k, dims, within)
         return y
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, None, None, None, None, None]:
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None, None
-        x, y, s = ctx.saved_tensors
-        half, coef, beta, dims, within = ctx.config
-        gc = g.to(s.dtype)
-        gp = gc * _pow_neg(s, beta)
-        ratio = gc * y.to(s.dtype)
-        ratio.div_(s)
-        w = _window_sum(ratio, half, dims)
-        if not within:
-            _poison_like_running_sum(ratio, w, half)
-        del ratio
-        dx = torch.addcmul(gp, x.to(s.dtype), w, value=-2.0 * beta * coef)
-        return dx.to(x.dtype), None, None, None, None, None
+        x, y = ctx.saved_tensors
+        half, coef, beta, k, dims, within = ctx.config
+        dtype = compute_dtype(x)
+        dx = torch.empty_like(x)
+        for rows in batch_slices(x):
+            xc, gc = x[rows].to(dtype), g[rows].to(dtype)
+            s = _denominator_base(xc, half, coef, k, dims, within)
+            ratio = torch.mul(gc, y[rows].to(dtype)).div_(s)
+            w = _window_sum(ratio, half, dims, out=torch.empty_like(ratio))
+            if not within:
+                _poison_like_running_sum(ratio, w, half)
+            gp = _pow_neg(s, beta, out=ratio).mul_(gc)
+            if dx.dtype == dtype:
+                torch.addcmul(gp, xc, w, value=-2.0 * beta * coef, out=dx[rows])
+            else:
+                dx[rows] = gp.addcmul_(xc, w, value=-2.0 * beta * coef)
+        return dx, None, None, None, None, None
 
 
 def lrn(

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from caffenorm.errors import InputShapeError
 from caffenorm.functional._checks import check_ndim, check_real, compute_dtype
+from caffenorm.functional._chunks import batch_slices
 
 __all__ = ["normalize"]
 
@@ -36,60 +37,63 @@ class _NormalizeFunction(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, s: Tensor, across_spatial: bool, eps: float, caffe_backward: bool) -> Tensor:
         dtype = compute_dtype(x)
         n, c = x.shape[0], x.shape[1]
-        x3 = x.to(dtype).reshape(n, c, -1)
-        sc = s.to(dtype)
+        x3 = x.reshape(n, c, -1)
         sum_dims = (1, 2) if across_spatial else (1,)
-        norm = torch.sqrt((x3 * x3).sum(dim=sum_dims, keepdim=True).add_(eps))
-        # Caffe multiplies by 1/norm in the across_spatial branch and divides in the other.
-        y = x3 * torch.reciprocal(norm) if across_spatial else x3 / norm
-        y.mul_(sc if sc.dim() == 0 else sc.view(1, c, 1))
+        norm = torch.empty((n, 1, 1 if across_spatial else x3.shape[2]), dtype=dtype, device=x.device)
+        s_view = s.to(dtype) if s.dim() == 0 else s.to(dtype).view(1, c, 1)
+        y3 = torch.empty_like(x3)
+        for rows in batch_slices(x3):
+            xc = x3[rows].to(dtype)
+            nrm = torch.sqrt(torch.sum(xc * xc, dim=sum_dims, keepdim=True).add_(eps), out=norm[rows])
+            # Caffe multiplies by 1/norm in the across_spatial branch and divides in the other.
+            yc = xc * torch.reciprocal(nrm) if across_spatial else xc / nrm
+            y3[rows] = yc.mul_(s_view)
         ctx.save_for_backward(x, s, norm)
         ctx.config = (across_spatial, caffe_backward)
-        return y.reshape(x.shape).to(x.dtype)
+        return y3.view(x.shape)
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, Tensor | None, None, None, None]:
         x, s, norm = ctx.saved_tensors
         across_spatial, caffe_backward = ctx.config
+        want_x, want_s = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         dtype = norm.dtype
         n, c = x.shape[0], x.shape[1]
-        x3 = x.to(dtype).reshape(n, c, -1)
-        g3 = g.to(dtype).reshape(n, c, -1)
+        x3, g3 = x.reshape(n, c, -1), g.reshape(n, c, -1)
         sc = s.to(dtype)
         shared = sc.dim() == 0
         s_view = sc if shared else sc.view(1, c, 1)
-
-        gx = g3 * x3
-        # Reduce g*x over positions first (per sample and channel, or per position): the dot
-        # products and the scale gradient are then small contractions of this one tensor.
-        per_chan = gx.sum(dim=2) if across_spatial else gx  # (N, C) or (N, C, L)
-        grad_x = grad_s = None
-        if ctx.needs_input_grad[0]:
-            if caffe_backward or shared:
-                dot = per_chan.sum(dim=1)  # <g, x>
-                if shared and not caffe_backward:
-                    dot = dot * sc
-            else:
-                dot = torch.einsum("c,nc...->n...", sc, per_chan)  # <s*g, x>
-            dot = dot.reshape(n, 1, -1) if not across_spatial else dot.reshape(n, 1, 1)
-            coeff = dot / (norm * norm)
-            if caffe_backward:
-                grad_x = torch.addcmul(g3, x3, coeff, value=-1.0).mul_(s_view).div_(norm)
-            else:
-                grad_x = torch.addcmul(g3 * s_view, x3, coeff, value=-1.0).div_(norm)
-            grad_x = grad_x.reshape(x.shape).to(x.dtype)
-        if ctx.needs_input_grad[1]:
-            inv = torch.reciprocal(norm).reshape(n, -1)  # (N, 1) or (N, L)
-            if across_spatial:
-                per_c = (per_chan * inv).sum(dim=0)
-            else:
-                per_c = torch.einsum("ncl,nl->c", per_chan, inv)
+        grad_x = torch.empty_like(x3) if want_x else None
+        per_c = torch.zeros(c, dtype=dtype, device=x.device)  # sum of g*x/norm per channel
+        for rows in batch_slices(x3):
+            xc, gc, nrm = x3[rows].to(dtype), g3[rows].to(dtype), norm[rows]
+            gx = gc * xc
+            # Reduce g*x over positions first (per sample and channel) when the norm is per sample:
+            # the dot products and the scale gradient are then small contractions.
+            gx_red = gx.sum(dim=2, keepdim=True) if across_spatial else gx  # (n, C, 1) or (n, C, L)
+            if want_s:
+                per_c += torch.einsum("ncl,nl->c", gx_red, torch.reciprocal(nrm).squeeze(1))
+            if want_x:
+                if caffe_backward or shared:
+                    dot = gx_red.sum(dim=1, keepdim=True)  # <g, x>
+                    if shared and not caffe_backward:
+                        dot = dot * sc
+                else:
+                    dot = torch.einsum("c,ncl->nl", sc, gx_red).unsqueeze(1)  # <s*g, x>
+                coeff = dot.div_(nrm * nrm)
+                if caffe_backward:
+                    dxc = torch.addcmul(gc, xc, coeff, value=-1.0, out=gx).mul_(s_view)
+                else:
+                    dxc = torch.mul(gc, s_view, out=gx).addcmul_(xc, coeff, value=-1.0)
+                grad_x[rows] = dxc.div_(nrm)
+        grad_s = None
+        if want_s:
             grad_s = per_c.sum() if shared else per_c
             if caffe_backward:
                 # Caffe accumulates sum(y*g) and divides by s: NaN/inf when s == 0, kept on purpose.
                 grad_s = grad_s * sc / sc
             grad_s = grad_s.to(s.dtype)
-        return grad_x, grad_s, None, None, None
+        return (None if grad_x is None else grad_x.view(x.shape)), grad_s, None, None, None
 
 
 def normalize(

@@ -9,8 +9,9 @@ from caffenorm.errors import LayerConfigError
 from caffenorm.functional._checks import check_real
 from caffenorm.functional.batch_norm import batch_norm
 from caffenorm.nn._base import CaffeLayer
+from caffenorm.nn.scale import Scale
 
-__all__ = ["BatchNorm"]
+__all__ = ["BatchNorm", "BatchNormScale"]
 
 torch.fx.wrap("batch_norm")  # one node under torch.fx tracing
 
@@ -109,3 +110,57 @@ class BatchNorm(CaffeLayer):
             f"{self.channels}, use_global_stats={self.use_global_stats}, "
             f"moving_average_fraction={self.moving_average_fraction}, eps={self.eps}"
         )
+
+
+class BatchNormScale(CaffeLayer):
+    r"""A :class:`BatchNorm` and the per-channel :class:`Scale` after it, run as one kernel.
+
+    Caffe models put ``Scale {bias_term: true}`` after every BatchNorm, usually in place.  As two
+    modules the pair costs two extra full-size tensors (the normalised input and its gradient);
+    fused, forward and backward cost what ``nn.BatchNorm2d(affine=True)`` costs.  The result is
+    the same function (Caffe's blob updates included); only the intermediate normalised tensor,
+    which an in-place chain overwrites in Caffe too, is never materialised.
+
+    The two modules are kept as submodules and share their tensors, so ``batch_norm.mean_sum``,
+    ``scale.weight`` etc. are the very blobs of the original layers.
+
+    Args:
+        batch_norm: the BatchNorm layer.
+        scale: a Scale over the channel axis (``axis=1``, ``num_axes=1``, shape ``(C,)``) with a
+            learned scale.
+
+    Blobs: ``caffe_blobs()`` is the BatchNorm's three blobs followed by the Scale's.
+    """
+
+    caffe_type = "BatchNorm+Scale"
+
+    def __init__(self, batch_norm: BatchNorm, scale: Scale) -> None:
+        super().__init__()
+        channels = batch_norm.channels
+        if scale.scale_from_input or scale.axis != 1 or scale.shape != (channels,):
+            raise LayerConfigError(
+                f"BatchNormScale: cannot fuse {scale!r} into {batch_norm!r}; the Scale must be learned, "
+                f"span the channel axis (axis=1, num_axes=1) and have shape ({channels},)"
+            )
+        self.batch_norm = batch_norm
+        self.scale = scale
+
+    def forward(self, input: Tensor) -> Tensor:
+        bn, scale = self.batch_norm, self.scale
+        return batch_norm(
+            input,
+            bn.mean_sum,
+            bn.var_sum,
+            bn.scale_factor,
+            bn.uses_global_stats(),
+            bn.moving_average_fraction,
+            bn.eps,
+            scale.weight,
+            scale.bias,
+        )
+
+    def caffe_blobs(self) -> list[Tensor]:
+        return self.batch_norm.caffe_blobs() + self.scale.caffe_blobs()
+
+    def _blob_names(self) -> list[str]:
+        return self.batch_norm._blob_names() + [f"scale.{n}" for n in self.scale._blob_names()]
