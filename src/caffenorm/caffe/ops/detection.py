@@ -1,0 +1,933 @@
+"""SSD's ``PriorBox`` and ``DetectionOutput`` layers, computed exactly as Caffe SSD computes them.
+
+Reproduced sources (weiliu89/caffe, branch ``ssd``; the facts were read there, the code is our own):
+
+* ``src/caffe/layers/prior_box_layer.cpp`` -- ``LayerSetUp`` (validation, aspect-ratio list) and
+  ``Forward_cpu`` (box generation, clipping, variances);
+* ``src/caffe/layers/detection_output_layer.cpp`` -- ``LayerSetUp`` / ``Forward_cpu`` (per-class
+  NMS, ``keep_top_k``, output layout, the "no detection" rows);
+* ``src/caffe/util/bbox_util.cpp`` -- ``DecodeBBox``, ``BBoxSize``, ``IntersectBBox``,
+  ``JaccardOverlap``, ``GetMaxScoreIndex``, ``ApplyNMSFast``, ``GetLocPredictions``,
+  ``GetConfidenceScores``, ``GetPriorBBoxes``.
+
+Precision.  Caffe keeps boxes in ``NormalizedBBox`` protobuf messages, whose fields are *float*
+whatever the net's ``Dtype``; scores are copied to ``vector<float>``; prior centres and box sizes
+are ``float`` locals while the final coordinate arithmetic is done in ``double`` (C++ promotion of
+``x / 2.``).  The code below rounds to float32 at exactly those points and keeps Caffe's order of
+operations, so it is meant to match Caffe's CPU path bit for bit, except where ``exp``/``sqrt``
+of the C library and of torch differ by an ulp before the final rounding to float.  (Checked
+against an independent float64 reference and OpenCV's implementation, to ~1e-7; not against a
+Caffe binary.)
+
+Output layout of ``DetectionOutput`` (``[1, 1, num_kept, 7]``, rows ``[image_id, label, score,
+xmin, ymin, xmax, ymax]``): images in batch order; within an image, rows are grouped by label in
+ascending order (Caffe iterates a ``std::map<int, vector<int>>``); within a label, in the order
+NMS kept them, i.e. by descending score.  When no image has any detection, Caffe (final ``ssd``
+branch) outputs ``[1, 1, num, 7]`` filled with -1 except column 0, which holds the image index:
+one fake row ``[i, -1, -1, -1, -1, -1, -1]`` per image.  (Older SSD revisions produced a single
+all ``-1`` row; we follow the final code.)
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from caffenorm.errors import InputShapeError, LayerConfigError
+
+__all__ = [
+    "CODE_TYPES",
+    "DetectionOutput",
+    "PriorBox",
+    "decode_boxes",
+    "detection_output",
+    "jaccard_overlap",
+    "nms",
+    "prior_box",
+    "prior_box_sizes",
+    "resolve_detection_output_param",
+    "resolve_prior_box_param",
+]
+
+#: ``PriorBoxParameter.CodeType`` values (caffe.proto of the ssd branch).
+CODE_TYPES: dict[str, int] = {"CORNER": 1, "CENTER_SIZE": 2, "CORNER_SIZE": 3}
+_CODE_NAMES = {v: k for k, v in CODE_TYPES.items()}
+
+# C's FLT_MAX: DetectionOutput's confidence threshold when the prototxt does not set one.
+_FLT_MAX = float(np.finfo(np.float32).max)
+
+
+def _f32(x: float) -> float:
+    """Round a Python float to the nearest float32 (a C++ assignment to a ``float`` variable)."""
+    return float(np.float32(x))
+
+
+def _real(layer: str, name: str, value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise LayerConfigError(f"{layer}: {name}={value!r} is not a number") from None
+    if not math.isfinite(v):
+        raise LayerConfigError(f"{layer}: {name}={value!r} must be finite")
+    return v
+
+
+def _int(layer: str, name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise LayerConfigError(f"{layer}: {name}={value!r} must be an integer")
+    return int(value)
+
+
+def _hw(layer: str, name: str, value: Any) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in value)
+        ok = h > 0 and w > 0 and (h, w) == tuple(value)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise InputShapeError(f"{layer}: {name}={value!r} must be a pair (height, width) of positive integers")
+    return h, w
+
+
+# ---------------------------------------------------------------------------------------
+# PriorBox
+# ---------------------------------------------------------------------------------------
+
+
+def _aspect_ratio_list(aspect_ratios: Sequence[float], flip: bool) -> list[float]:
+    """``PriorBoxLayer::LayerSetUp``'s list: starts with 1; a ratio within 1e-6 (float
+    difference) of one already listed is skipped; ``flip`` appends ``1/ar`` right after ``ar``.
+    The list is a ``vector<float>``, so every entry (also ``1./ar``) is rounded to float32."""
+    ars = [np.float32(1.0)]
+    for value in aspect_ratios:
+        ar = np.float32(_real("PriorBox", "aspect_ratio", value))
+        if not ar > 0:
+            # Caffe accepts it and fills the blob with inf/NaN; we refuse such a prototxt.
+            raise LayerConfigError(f"PriorBox: aspect_ratio={value!r} must be > 0")
+        if any(abs(float(ar - known)) < 1e-6 for known in ars):
+            continue
+        ars.append(ar)
+        if flip:
+            ars.append(np.float32(1.0 / float(ar)))
+    return [float(a) for a in ars]
+
+
+def prior_box_sizes(
+    min_sizes: Sequence[float],
+    max_sizes: Sequence[float] = (),
+    aspect_ratios: Sequence[float] = (),
+    flip: bool = True,
+) -> list[tuple[float, float]]:
+    """The ``(width, height)`` in pixels of the priors at one location, in Caffe's order.
+
+    For each ``min_size`` (``s``): the square ``min`` box, then (with ``max_sizes``) the square
+    ``sqrt(min * max)`` box, then one box per aspect ratio other than 1 (list of
+    :func:`_aspect_ratio_list`), of size ``min*sqrt(ar)`` by ``min/sqrt(ar)`` (``max_size``
+    plays no part in these).
+
+    Caffe quirk reproduced: ``Forward_cpu`` reads the sizes into ``int`` locals
+    (``int min_size_ = min_sizes_[s]``), so fractional ``min_size`` / ``max_size`` are truncated
+    toward zero (``min_size: 30.5`` gives 30-pixel boxes), and ``min*max`` is an int product.
+    The validation (``min > 0``, ``max > min``) uses the float values, as in ``LayerSetUp``.
+    """
+    layer = "PriorBox"
+    mins = [_real(layer, "min_size", v) for v in min_sizes]
+    maxs = [_real(layer, "max_size", v) for v in max_sizes]
+    if not mins:
+        raise LayerConfigError("PriorBox: must provide min_size (at least one)")
+    for m in mins:
+        if not m > 0:
+            raise LayerConfigError(f"PriorBox: min_size={m!r} must be positive")
+    if maxs:
+        if len(maxs) != len(mins):
+            raise LayerConfigError(
+                f"PriorBox: {len(maxs)} max_size values for {len(mins)} min_size values; give one max_size per "
+                "min_size or none"
+            )
+        for m, mx in zip(mins, maxs):
+            if not mx > m:
+                raise LayerConfigError(f"PriorBox: max_size={mx!r} must be greater than min_size={m!r}")
+    ars = _aspect_ratio_list(aspect_ratios, bool(flip))
+    sizes: list[tuple[float, float]] = []
+    for s, m_float in enumerate(mins):
+        m = int(m_float)  # C++ float -> int conversion truncates toward zero
+        sizes.append((float(m), float(m)))
+        if maxs:
+            mx = int(maxs[s])
+            side = _f32(math.sqrt(m * mx))  # sqrt(int) -> double, stored in a float local
+            sizes.append((side, side))
+        for ar in ars:
+            if abs(ar - 1.0) < 1e-6:
+                continue
+            # ::sqrt(double) of the float ratio; int * double in double, stored in float locals.
+            r = math.sqrt(ar)
+            sizes.append((_f32(m * r), _f32(m / r)))
+    expected = len(ars) * len(mins) + len(maxs)  # Caffe's num_priors_
+    if len(sizes) != expected:  # only for ratios within ~1e-6 of 1 after flipping: refuse
+        raise LayerConfigError(
+            f"PriorBox: aspect_ratio={list(aspect_ratios)!r} gives {len(sizes)} boxes per location but Caffe "
+            f"allocates {expected}; Caffe's output would be corrupt"
+        )
+    return sizes
+
+
+def _variances(variances: Sequence[float]) -> list[float]:
+    """Caffe's variance rules: none -> [0.1]; otherwise exactly 1 or exactly 4 values, each > 0."""
+    var = [_real("PriorBox", "variance", v) for v in variances] or [0.1]
+    if len(var) not in (1, 4):
+        raise LayerConfigError(f"PriorBox: {len(var)} variance values given; give exactly 1 or exactly 4")
+    for v in var:
+        if not v > 0:
+            raise LayerConfigError(f"PriorBox: variance={v!r} must be > 0")
+    return var
+
+
+def prior_box(
+    feature_hw: tuple[int, int],
+    image_hw: tuple[int, int],
+    *,
+    min_sizes: Sequence[float],
+    max_sizes: Sequence[float] = (),
+    aspect_ratios: Sequence[float] = (),
+    flip: bool = True,
+    clip: bool = False,
+    variances: Sequence[float] = (0.1,),
+    step_h: float = 0.0,
+    step_w: float = 0.0,
+    offset: float = 0.5,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    r"""SSD's ``PriorBox`` top blob (``PriorBoxLayer::Forward_cpu``), shape ``(1, 2, H*W*P*4)``.
+
+    Channel 0 holds the boxes ``xmin, ymin, xmax, ymax`` ordered by row ``h``, column ``w``,
+    prior ``p`` (:func:`prior_box_sizes` order), normalised by the image size::
+
+        step_w, step_h = (img_w / W, img_h / H)  if step_w == 0 or step_h == 0  (float32)
+        cx = (w + offset) * step_w,  cy = (h + offset) * step_h                  (float32)
+        xmin = (cx - bw / 2) / img_w,  ymin = (cy - bh / 2) / img_h              (double)
+        xmax = (cx + bw / 2) / img_w,  ymax = (cy + bh / 2) / img_h
+
+    With ``clip`` every coordinate is clamped to ``[0, 1]``.  Channel 1 holds the variances:
+    one value repeated, or 4 values repeated per box.  No value depends on the input data.
+
+    Args:
+        feature_hw: ``(H, W)`` of the feature map (bottom 0).
+        image_hw: ``(img_h, img_w)``: the image (bottom 1) size, or the ``img_size`` /
+            ``img_h`` / ``img_w`` override already resolved (see :func:`resolve_prior_box_param`).
+        min_sizes, max_sizes, aspect_ratios, flip: the boxes, see :func:`prior_box_sizes`.
+        clip: clamp the coordinates to ``[0, 1]``.  Default: False
+        variances: 1 value or exactly 4, all > 0; empty means Caffe's default ``0.1``.
+        step_h, step_w: the resolved ``step`` / ``step_h`` / ``step_w``; 0 (either one) means
+            ``img / feature`` for both axes, as in Caffe.
+        offset: centre offset within a cell.  Default: 0.5
+        dtype, device: of the result (Caffe's ``Dtype``; float64 only changes the final
+            rounding, the intermediate floats are float32 as in Caffe).
+    """
+    layer = "PriorBox"
+    fh, fw = _hw(layer, "feature_hw", feature_hw)
+    ih, iw = _hw(layer, "image_hw", image_hw)
+    sizes = prior_box_sizes(min_sizes, max_sizes, aspect_ratios, flip)
+    var = _variances(variances)
+    sh, sw = _real(layer, "step_h", step_h), _real(layer, "step_w", step_w)
+    if sh < 0 or sw < 0:
+        raise LayerConfigError(f"PriorBox: step_h={step_h!r}, step_w={step_w!r} must be >= 0 (0 = image/feature)")
+    off = np.float32(_real(layer, "offset", offset))
+    if sw == 0 or sh == 0:
+        # static_cast<float>(img_width) / layer_width: a float division.
+        step_x, step_y = np.float32(iw) / np.float32(fw), np.float32(ih) / np.float32(fh)
+    else:
+        step_x, step_y = np.float32(sw), np.float32(sh)
+
+    f32, f64 = torch.float32, torch.float64
+    # Centres are float locals: (w + offset_) and the product are float operations.
+    cx = (torch.arange(fw, dtype=f32) + torch.tensor(off, dtype=f32)) * torch.tensor(step_x, dtype=f32)
+    cy = (torch.arange(fh, dtype=f32) + torch.tensor(off, dtype=f32)) * torch.tensor(step_y, dtype=f32)
+    cx = cx.to(f64).view(1, fw, 1)
+    cy = cy.to(f64).view(fh, 1, 1)
+    bw = torch.tensor([s[0] for s in sizes], dtype=f64).view(1, 1, -1) / 2.0
+    bh = torch.tensor([s[1] for s in sizes], dtype=f64).view(1, 1, -1) / 2.0
+    shape = (fh, fw, len(sizes))
+    # (center - size / 2.) / img: double arithmetic, then stored as Dtype.
+    boxes = torch.stack(
+        [
+            ((cx - bw) / iw).expand(shape),
+            ((cy - bh) / ih).expand(shape),
+            ((cx + bw) / iw).expand(shape),
+            ((cy + bh) / ih).expand(shape),
+        ],
+        dim=-1,
+    ).reshape(-1)
+    boxes = boxes.to(dtype)
+    if clip:
+        boxes = boxes.clamp(0.0, 1.0)
+    variance = torch.tensor(var, dtype=f32).to(dtype)  # vector<float> -> Dtype
+    variance = variance.repeat(boxes.numel() // len(var)) if len(var) == 4 else variance.expand(boxes.numel())
+    return torch.stack([boxes, variance]).unsqueeze(0).to(device)
+
+
+def resolve_prior_box_param(
+    param: Any, feature_hw: tuple[int, int], image_hw: tuple[int, int]
+) -> dict[str, Any]:
+    """Keyword arguments for :func:`prior_box` from a ``caffe.PriorBoxParameter`` message.
+
+    Resolution and checks follow ``PriorBoxLayer::LayerSetUp`` / ``Forward_cpu``:
+
+    * image size: ``img_h`` + ``img_w`` (both > 0; not together with ``img_size``), else
+      ``img_size`` (> 0) for both, else the shape of the image bottom (``image_hw``);
+    * step: ``step_h`` + ``step_w`` (both > 0; not together with ``step``), else ``step`` (> 0)
+      for both, else 0 (meaning ``image / feature``);
+    * ``min_size`` required, each > 0; ``max_size`` none or one per ``min_size``, each greater;
+    * ``variance``: none (0.1), one, or exactly four, each > 0.
+
+    Returns ``feature_hw`` and ``image_hw`` too, so ``prior_box(**resolve_prior_box_param(...))``.
+    """
+    layer = "PriorBox"
+    has = param.HasField
+    if has("img_h") or has("img_w"):
+        if has("img_size"):
+            raise LayerConfigError("PriorBox: either img_size or img_h/img_w should be specified; not both")
+        if not (param.img_h > 0 and param.img_w > 0):
+            raise LayerConfigError(
+                f"PriorBox: img_h={param.img_h}, img_w={param.img_w}: both must be given and larger than 0"
+            )
+        image_hw = (int(param.img_h), int(param.img_w))
+    elif has("img_size"):
+        if not param.img_size > 0:
+            raise LayerConfigError("PriorBox: img_size should be larger than 0")
+        image_hw = (int(param.img_size), int(param.img_size))
+    if has("step_h") or has("step_w"):
+        if has("step"):
+            raise LayerConfigError("PriorBox: either step or step_h/step_w should be specified; not both")
+        if not (param.step_h > 0 and param.step_w > 0):
+            raise LayerConfigError(
+                f"PriorBox: step_h={param.step_h}, step_w={param.step_w}: both must be given and larger than 0"
+            )
+        step_h, step_w = float(param.step_h), float(param.step_w)
+    elif has("step"):
+        if not param.step > 0:
+            raise LayerConfigError(f"PriorBox: step={param.step} should be larger than 0")
+        step_h = step_w = float(param.step)
+    else:
+        step_h = step_w = 0.0
+    variances = _variances([float(v) for v in param.variance])
+    kwargs: dict[str, Any] = dict(
+        feature_hw=_hw(layer, "feature_hw", feature_hw),
+        image_hw=_hw(layer, "image_hw", image_hw),
+        min_sizes=[float(v) for v in param.min_size],
+        max_sizes=[float(v) for v in param.max_size],
+        aspect_ratios=[float(v) for v in param.aspect_ratio],
+        flip=bool(param.flip),
+        clip=bool(param.clip),
+        variances=variances,
+        step_h=step_h,
+        step_w=step_w,
+        offset=float(param.offset),
+    )
+    prior_box_sizes(kwargs["min_sizes"], kwargs["max_sizes"], kwargs["aspect_ratios"], kwargs["flip"])  # validate
+    return kwargs
+
+
+class PriorBox(nn.Module):
+    """SSD's ``PriorBox`` layer: ``forward(feature, image)`` -> ``(1, 2, H*W*P*4)`` (see :func:`prior_box`).
+
+    Only the shapes of the two NCHW inputs are used (the feature map's ``H, W`` and the
+    image's ``img_h, img_w``, unless ``img_hw`` overrides the latter).  The result takes the
+    feature map's dtype (float32 for non-float inputs) and device.  No parameters.
+
+    Args:
+        min_sizes, max_sizes, aspect_ratios, flip, clip, variances, step_h, step_w, offset: as
+            in :func:`prior_box` (``step_h``/``step_w`` already resolved from ``step``).
+        img_hw: the resolved ``img_size`` / ``img_h`` + ``img_w`` override, or None.
+    """
+
+    caffe_type = "PriorBox"
+
+    def __init__(
+        self,
+        min_sizes: Sequence[float],
+        max_sizes: Sequence[float] = (),
+        aspect_ratios: Sequence[float] = (),
+        flip: bool = True,
+        clip: bool = False,
+        variances: Sequence[float] = (0.1,),
+        step_h: float = 0.0,
+        step_w: float = 0.0,
+        offset: float = 0.5,
+        img_hw: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.min_sizes = [float(v) for v in min_sizes]
+        self.max_sizes = [float(v) for v in max_sizes]
+        self.aspect_ratios = [float(v) for v in aspect_ratios]
+        self.flip = bool(flip)
+        self.clip = bool(clip)
+        self.variances = [float(v) for v in variances]
+        self.step_h = float(step_h)
+        self.step_w = float(step_w)
+        self.offset = float(offset)
+        self.img_hw = None if img_hw is None else _hw("PriorBox", "img_hw", img_hw)
+        # Validate now (a bad prototxt should fail when the model is built, not at forward).
+        self.num_priors = len(prior_box_sizes(self.min_sizes, self.max_sizes, self.aspect_ratios, self.flip))
+        prior_box((1, 1), (1, 1), **self._settings())
+
+    @classmethod
+    def from_param(cls, param: Any) -> PriorBox:
+        """Build from a ``caffe.PriorBoxParameter`` message (checks as :func:`resolve_prior_box_param`)."""
+        kw = resolve_prior_box_param(param, (1, 1), (1, 1))
+        has_img = param.HasField("img_size") or param.HasField("img_h") or param.HasField("img_w")
+        image_hw = kw.pop("image_hw")
+        del kw["feature_hw"]
+        return cls(**kw, img_hw=image_hw if has_img else None)
+
+    def _settings(self) -> dict[str, Any]:
+        return dict(
+            min_sizes=self.min_sizes,
+            max_sizes=self.max_sizes,
+            aspect_ratios=self.aspect_ratios,
+            flip=self.flip,
+            clip=self.clip,
+            variances=self.variances,
+            step_h=self.step_h,
+            step_w=self.step_w,
+            offset=self.offset,
+        )
+
+    def forward(self, feature: Tensor, image: Tensor) -> Tensor:
+        for name, t in (("feature", feature), ("image", image)):
+            if t.dim() != 4:
+                raise InputShapeError(f"PriorBox: {name} has shape {tuple(t.shape)}, expected NCHW (4 dimensions)")
+        dtype = feature.dtype if feature.is_floating_point() else torch.float32
+        image_hw = self.img_hw or (int(image.shape[2]), int(image.shape[3]))
+        return prior_box(
+            (int(feature.shape[2]), int(feature.shape[3])),
+            image_hw,
+            **self._settings(),
+            dtype=dtype,
+            device=feature.device,
+        )
+
+    def extra_repr(self) -> str:
+        s = f"min_sizes={self.min_sizes}, max_sizes={self.max_sizes}, aspect_ratios={self.aspect_ratios}"
+        s += f", flip={self.flip}, clip={self.clip}, variances={self.variances}, offset={self.offset}"
+        if self.step_h or self.step_w:
+            s += f", step_h={self.step_h}, step_w={self.step_w}"
+        if self.img_hw:
+            s += f", img_hw={self.img_hw}"
+        return s
+
+
+# ---------------------------------------------------------------------------------------
+# Box utilities (bbox_util.cpp)
+# ---------------------------------------------------------------------------------------
+
+
+def _bbox_size(boxes: Tensor) -> Tensor:
+    """``BBoxSize`` (normalized): 0 if ``xmax < xmin`` or ``ymax < ymin``, else ``w*h`` (float)."""
+    w = boxes[..., 2] - boxes[..., 0]
+    h = boxes[..., 3] - boxes[..., 1]
+    invalid = (boxes[..., 2] < boxes[..., 0]) | (boxes[..., 3] < boxes[..., 1])
+    return torch.where(invalid, torch.zeros_like(w), w * h)
+
+
+def _pairwise_overlap(a: Tensor, size_a: Tensor, b: Tensor, size_b: Tensor) -> Tensor:
+    """``JaccardOverlap(a[i], b[j])`` for all pairs: ``(len(a), len(b))``, float32 as in Caffe.
+
+    ``IntersectBBox`` gives ``[0, 0, 0, 0]`` when the boxes are apart (so overlap 0); otherwise
+    ``inter = iw * ih`` and the overlap is ``inter / (size_a + size_b - inter)`` if ``iw > 0``
+    and ``ih > 0``, else 0.  Symmetric: max/min and the float sum of the sizes commute.
+    """
+    x1, y1, x2, y2 = (t.unsqueeze(1) for t in a.unbind(-1))
+    bx1, by1, bx2, by2 = (t.unsqueeze(0) for t in b.unbind(-1))
+    apart = (bx1 > x2) | (bx2 < x1) | (by1 > y2) | (by2 < y1)
+    iw = torch.minimum(x2, bx2) - torch.maximum(x1, bx1)
+    ih = torch.minimum(y2, by2) - torch.maximum(y1, by1)
+    inter = iw * ih
+    iou = inter / ((size_a.unsqueeze(1) + size_b.unsqueeze(0)) - inter)
+    return torch.where(~apart & (iw > 0) & (ih > 0), iou, torch.zeros_like(iou))
+
+
+def jaccard_overlap(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Pairwise ``JaccardOverlap`` (normalized boxes, no ``+1``) in float32: ``(K1, K2)``.
+
+    ``inter / (size1 + size2 - inter)`` where ``inter`` is the intersection's ``w*h`` if both
+    its width and height are > 0 (else the overlap is 0), and ``size`` is ``BBoxSize``: 0 for a
+    box with ``xmax < xmin`` or ``ymax < ymin``.
+    """
+    a = boxes1.detach().to(torch.float32).reshape(-1, 4)
+    b = boxes2.detach().to(device=a.device, dtype=torch.float32).reshape(-1, 4)
+    return _pairwise_overlap(a, _bbox_size(a), b, _bbox_size(b))
+
+
+def _code_name(code_type: str | int) -> str:
+    if isinstance(code_type, str) and code_type.upper() in CODE_TYPES:
+        return code_type.upper()
+    if isinstance(code_type, (int, np.integer)) and not isinstance(code_type, bool) and int(code_type) in _CODE_NAMES:
+        return _CODE_NAMES[int(code_type)]
+    raise LayerConfigError(
+        f"DetectionOutput: code_type={code_type!r} is not one of {', '.join(CODE_TYPES)} (or their numbers 1-3)"
+    )
+
+
+def decode_boxes(
+    loc: Tensor,
+    prior_boxes: Tensor,
+    prior_variances: Tensor,
+    code_type: str | int = "CENTER_SIZE",
+    variance_encoded_in_target: bool = False,
+) -> Tensor:
+    r"""``DecodeBBox`` (clip off) for ``loc[..., P, 4]`` against ``P`` priors; float32 result.
+
+    With ``v`` the prior's variances (all 1 when ``variance_encoded_in_target``), ``p`` the
+    prior box, ``pw = p.xmax - p.xmin``, ``ph = p.ymax - p.ymin``:
+
+    * CORNER: ``xmin = p.xmin + v0*l0``, ``ymin = p.ymin + v1*l1``, ``xmax = p.xmax + v2*l2``,
+      ``ymax = p.ymax + v3*l3``;
+    * CENTER_SIZE: ``cx = v0*l0*pw + (p.xmin+p.xmax)/2``, ``cy`` likewise,
+      ``w = exp(v2*l2)*pw``, ``h = exp(v3*l3)*ph``; box ``cx -+ w/2, cy -+ h/2``;
+    * CORNER_SIZE: ``xmin = p.xmin + v0*l0*pw``, ``ymin = p.ymin + v1*l1*ph``,
+      ``xmax = p.xmax + v2*l2*pw``, ``ymax = p.ymax + v3*l3*ph``.
+
+    Caffe's CPU code ``CHECK``\ s ``pw > 0`` and ``ph > 0`` for CENTER_SIZE / CORNER_SIZE (it aborts);
+    we raise :class:`~caffenorm.errors.LayerConfigError`.
+    """
+    code = _code_name(code_type)
+    f32, f64 = torch.float32, torch.float64
+    lx = loc.to(f32)
+    p = prior_boxes.to(f32).reshape(-1, 4)
+    var = prior_variances.to(f32).reshape(-1, 4)
+    if lx.shape[-2:] != p.shape:
+        raise InputShapeError(f"DetectionOutput: loc {tuple(loc.shape)} does not match {p.shape[0]} priors")
+    # Broadcast the priors over any leading dims of loc (..., P, 4): a class axis sits at -2 in callers.
+    pxmin, pymin, pxmax, pymax = p.unbind(-1)
+    l0, l1, l2, l3 = lx.unbind(-1)
+    enc = bool(variance_encoded_in_target)
+    v0, v1, v2, v3 = var.unbind(-1)
+    if code == "CORNER":
+        if enc:
+            out = (pxmin + l0, pymin + l1, pxmax + l2, pymax + l3)
+        else:
+            out = (pxmin + v0 * l0, pymin + v1 * l1, pxmax + v2 * l2, pymax + v3 * l3)
+        return torch.stack(out, dim=-1)
+    pw = pxmax - pxmin
+    ph = pymax - pymin
+    if not (bool((pw > 0).all()) and bool((ph > 0).all())):
+        bad = int(torch.nonzero(~((pw > 0) & (ph > 0)))[0, 0])
+        raise LayerConfigError(
+            f"DetectionOutput: prior box {bad} = {p[bad].tolist()} has no positive width/height; Caffe aborts "
+            f"(CHECK_GT(prior_width, 0)) when decoding with code_type {code}"
+        )
+    if code == "CORNER_SIZE":
+        if enc:
+            out = (pxmin + l0 * pw, pymin + l1 * ph, pxmax + l2 * pw, pymax + l3 * ph)
+        else:
+            out = (pxmin + v0 * l0 * pw, pymin + v1 * l1 * ph, pxmax + v2 * l2 * pw, pymax + v3 * l3 * ph)
+        return torch.stack(out, dim=-1)
+    # CENTER_SIZE.  (xmin + xmax) / 2. is a float sum halved (exact), stored in a float.
+    pcx = (pxmin + pxmax) * 0.5
+    pcy = (pymin + pymax) * 0.5
+    if enc:
+        cx, cy, ex, ey = l0 * pw + pcx, l1 * ph + pcy, l2, l3
+    else:
+        cx, cy, ex, ey = v0 * l0 * pw + pcx, v1 * l1 * ph + pcy, v2 * l2, v3 * l3
+    # exp(float) is ::exp(double); times the float width in double; stored in a float local.
+    w = (torch.exp(ex.to(f64)) * pw.to(f64)).to(f32).to(f64) / 2.0
+    h = (torch.exp(ey.to(f64)) * ph.to(f64)).to(f32).to(f64) / 2.0
+    cx, cy = cx.to(f64), cy.to(f64)
+    # center -/+ size / 2. is double arithmetic, stored into the float NormalizedBBox.
+    return torch.stack((cx - w, cy - h, cx + w, cy + h), dim=-1).to(f32)
+
+
+# Candidates are processed in blocks: a block's overlaps with the boxes kept so far and within
+# the block are computed at once (float32, vectorised), then the sequential greedy pass runs on
+# the block's small overlap matrix.  Memory stays O(block * K).
+_NMS_BLOCK = 1024
+
+
+def _nms_sorted(boxes: Tensor, sizes: Tensor, nms_threshold: float, eta: float) -> list[int]:
+    """Greedy NMS over boxes already in processing order; returns the kept positions.
+
+    ``ApplyNMSFast`` keeps a candidate iff its overlap with every box kept so far is
+    ``<= adaptive_threshold`` (a NaN overlap rejects), and after each keep, if ``eta < 1`` and
+    the threshold is ``> 0.5``, multiplies the threshold by ``eta`` (float32).  Comparing the
+    running maximum overlap with the kept boxes against the current threshold gives the same
+    decisions (NaN propagates through the maximum and compares False).
+    """
+    k = boxes.shape[0]
+    kept: list[int] = []
+    threshold = _f32(nms_threshold)
+    eta32 = _f32(eta)
+    for start in range(0, k, _NMS_BLOCK):
+        stop = min(start + _NMS_BLOCK, k)
+        bb, bs = boxes[start:stop], sizes[start:stop]
+        if kept:
+            idx = torch.tensor(kept, dtype=torch.long, device=boxes.device)
+            worst_t = _pairwise_overlap(bb, bs, boxes[idx], sizes[idx]).amax(dim=1)  # amax propagates NaN
+        else:
+            worst_t = torch.full((stop - start,), -math.inf, dtype=torch.float32, device=boxes.device)
+        worst = worst_t.cpu().numpy().copy()
+        within = _pairwise_overlap(bb, bs, bb, bs).cpu().numpy()
+        for i in range(stop - start):
+            if worst[i] <= threshold:
+                kept.append(start + i)
+                np.maximum(worst[i + 1 :], within[i, i + 1 :], out=worst[i + 1 :])
+                if eta32 < 1 and threshold > 0.5:
+                    threshold = _f32(threshold * eta32)
+    return kept
+
+
+def _select(scores: Tensor, score_threshold: float | None, top_k: int) -> Tensor:
+    """``GetMaxScoreIndex``: indices with ``score > threshold``, stable-sorted by descending
+    score (ties keep index order), cut to ``top_k`` if ``top_k > -1``."""
+    threshold = -_FLT_MAX if score_threshold is None else _f32(score_threshold)
+    idx = torch.nonzero(scores > threshold).flatten()
+    order = torch.sort(scores[idx], descending=True, stable=True).indices
+    idx = idx[order]
+    if top_k > -1:
+        idx = idx[:top_k]
+    return idx
+
+
+def nms(
+    boxes: Tensor,
+    scores: Tensor,
+    iou_threshold: float,
+    top_k: int = -1,
+    eta: float = 1.0,
+    *,
+    score_threshold: float | None = None,
+) -> Tensor:
+    """Caffe SSD's ``ApplyNMSFast``: indices (int64) of the kept boxes, by descending score.
+
+    1. ``GetMaxScoreIndex``: candidates with ``score > score_threshold`` (None: ``-FLT_MAX``,
+       DetectionOutput's default, which drops only ``-inf``/NaN scores), ``std::stable_sort``
+       by descending score, the first ``top_k`` if ``top_k > -1`` (before NMS).
+    2. Greedy: a candidate is kept iff :func:`jaccard_overlap` with every kept box is
+       ``<= threshold``; after each keep, ``threshold *= eta`` while ``eta < 1`` and
+       ``threshold > 0.5`` (adaptive NMS).  Boxes of zero size are *not* dropped (unlike
+       Caffe's older ``ApplyNMS``); they overlap nothing.
+
+    Everything is computed in float32 (Caffe's ``NormalizedBBox`` / ``vector<float>``).
+    ``boxes``: ``(K, 4)`` as ``xmin, ymin, xmax, ymax``; ``scores``: ``(K,)``.
+    """
+    with torch.no_grad():
+        b = boxes.detach().to(torch.float32).reshape(-1, 4)
+        s = scores.detach().to(torch.float32).reshape(-1)
+        if b.shape[0] != s.shape[0]:
+            raise InputShapeError(f"nms: {b.shape[0]} boxes but {s.shape[0]} scores")
+        thr = _real("nms", "iou_threshold", iou_threshold)
+        eta = _real("nms", "eta", eta)
+        if not 0 < eta <= 1:
+            raise LayerConfigError(f"nms: eta={eta!r} must be in (0, 1]")
+        top_k = _int("nms", "top_k", top_k)
+        idx = _select(s, score_threshold, top_k)
+        cand = b[idx]
+        kept = _nms_sorted(cand, _bbox_size(cand), thr, eta)
+        return idx[torch.tensor(kept, dtype=torch.long, device=idx.device)]
+
+
+# ---------------------------------------------------------------------------------------
+# DetectionOutput
+# ---------------------------------------------------------------------------------------
+
+
+def _check_detection_settings(
+    num_classes: int,
+    share_location: bool,
+    background_label_id: int,
+    nms_threshold: float,
+    top_k: int,
+    eta: float,
+    keep_top_k: int,
+    confidence_threshold: float | None,
+    code_type: str | int,
+) -> tuple[int, int, float, int, float, int, float | None, str]:
+    layer = "DetectionOutput"
+    num_classes = _int(layer, "num_classes", num_classes)
+    if num_classes < 1:
+        raise LayerConfigError(f"DetectionOutput: num_classes={num_classes} must be >= 1")
+    background_label_id = _int(layer, "background_label_id", background_label_id)
+    if share_location and background_label_id == -1:
+        # DecodeBBoxesAll skips the loc "class" whose label equals background_label_id, and the
+        # shared loc predictions carry label -1: nothing is decoded and Forward_cpu dies with
+        # LOG(FATAL) "Could not find location predictions for label -1".
+        raise LayerConfigError(
+            "DetectionOutput: share_location with background_label_id -1 is rejected by Caffe SSD (the shared "
+            "locations carry label -1 and are skipped as background; Caffe aborts with 'Could not find location "
+            "predictions for label -1'); use a background_label_id outside [0, num_classes) such as num_classes"
+        )
+    nms_threshold = _real(layer, "nms_threshold", nms_threshold)
+    if nms_threshold < 0:
+        raise LayerConfigError(f"DetectionOutput: nms_threshold={nms_threshold} must be non negative")
+    eta = _real(layer, "eta", eta)
+    if not 0 < eta <= 1:
+        raise LayerConfigError(f"DetectionOutput: eta={eta} must be in (0, 1]")
+    top_k = _int(layer, "top_k", top_k)
+    keep_top_k = _int(layer, "keep_top_k", keep_top_k)
+    if confidence_threshold is not None:
+        confidence_threshold = _real(layer, "confidence_threshold", confidence_threshold)
+    return (
+        num_classes,
+        background_label_id,
+        nms_threshold,
+        top_k,
+        eta,
+        keep_top_k,
+        confidence_threshold,
+        _code_name(code_type),
+    )
+
+
+def _blob_2d(name: str, t: Tensor, n: int | None, channels: int) -> Tensor:
+    """Caffe reads ``channels()`` (= shape[1]) and then the data linearly per image."""
+    bad_n = n is not None and t.shape[0] != n
+    if t.dim() < 2 or bad_n or t.shape[1] != channels or math.prod(t.shape[1:]) != channels:
+        raise InputShapeError(
+            f"DetectionOutput: {name} has shape {tuple(t.shape)}, expected (N, {channels})"
+            + ("" if n is None else f" with N = {n}")
+        )
+    return t.reshape(t.shape[0], channels)
+
+
+def detection_output(
+    loc: Tensor,
+    conf: Tensor,
+    prior: Tensor,
+    *,
+    num_classes: int,
+    share_location: bool = True,
+    background_label_id: int = 0,
+    nms_threshold: float = 0.3,
+    top_k: int = -1,
+    eta: float = 1.0,
+    keep_top_k: int = -1,
+    confidence_threshold: float | None = None,
+    code_type: str | int = "CENTER_SIZE",
+    variance_encoded_in_target: bool = False,
+) -> Tensor:
+    """SSD's ``DetectionOutput`` (``DetectionOutputLayer::Forward_cpu``): ``(1, 1, num_kept, 7)``.
+
+    Inputs: ``loc`` ``(N, P*L*4)`` with ``L = 1`` if ``share_location`` else ``num_classes``
+    (per prior, per loc class, 4 values); ``conf`` ``(N, P*num_classes)`` (softmaxed, per
+    prior then class); ``prior`` ``(1, 2, P*4)`` from :func:`prior_box` (boxes, variances).
+
+    Per image: decode every prior with :func:`decode_boxes` (no clipping); for every class
+    ``c != background_label_id`` (ascending), :func:`nms` of that class's boxes (the shared
+    ones, or class ``c``'s) with ``score > confidence_threshold`` (None: ``-FLT_MAX``),
+    ``top_k`` (-1: all), ``nms_threshold`` and ``eta``.  If ``keep_top_k > -1`` and the
+    image has more than ``keep_top_k`` detections, keep the ``keep_top_k`` best-scoring ones
+    over all classes.  Rows ``[image_id, label, score, xmin, ymin, xmax, ymax]``: images in
+    order, then labels ascending, then descending score (see the module docstring).  If no
+    image has a detection: ``(1, 1, N, 7)`` of -1 with column 0 = the image index.
+
+    Ties: Caffe cuts ``keep_top_k`` with ``std::sort`` (not stable), so which of several
+    *equal* scores survive at the cut is unspecified there; we keep the first in (label, NMS)
+    order.  Boxes and scores are float32 internally (as Caffe's); the result has the dtype of
+    ``loc`` (float32 for non-float input).  Not differentiable: runs without autograd.
+    """
+    (num_classes, background_label_id, nms_threshold, top_k, eta, keep_top_k, confidence_threshold, code) = (
+        _check_detection_settings(
+            num_classes,
+            share_location,
+            background_label_id,
+            nms_threshold,
+            top_k,
+            eta,
+            keep_top_k,
+            confidence_threshold,
+            code_type,
+        )
+    )
+    with torch.no_grad():
+        if prior.dim() != 3 or prior.shape[0] != 1 or prior.shape[1] != 2 or prior.shape[2] % 4:
+            raise InputShapeError(
+                f"DetectionOutput: prior has shape {tuple(prior.shape)}, expected (1, 2, num_priors*4) from PriorBox"
+            )
+        num_priors = prior.shape[2] // 4
+        num_loc = 1 if share_location else num_classes
+        n = loc.shape[0] if loc.dim() else 0
+        loc2 = _blob_2d("loc", loc, None, num_priors * num_loc * 4)
+        conf2 = _blob_2d("conf", conf, n, num_priors * num_classes)
+        out_dtype = loc.dtype if loc.is_floating_point() else torch.float32
+        device = loc.device
+
+        pri = prior.detach().to(device=device, dtype=torch.float32).reshape(2, num_priors, 4)
+        # (N, L, P, 4): one set of boxes per loc class, decoded against the same priors.
+        loc4 = loc2.detach().to(torch.float32).reshape(n, num_priors, num_loc, 4).transpose(1, 2)
+        boxes = decode_boxes(loc4, pri[0], pri[1], code, variance_encoded_in_target)
+        sizes = _bbox_size(boxes)
+        scores = conf2.detach().to(device=device, dtype=torch.float32).reshape(n, num_priors, num_classes)
+
+        per_image: list[Tensor] = []
+        for i in range(n):
+            labels: list[Tensor] = []
+            indices: list[Tensor] = []
+            for c in range(num_classes):
+                if c == background_label_id:
+                    continue
+                lc = 0 if share_location else c
+                cls_scores = scores[i, :, c]
+                idx = _select(cls_scores, confidence_threshold, top_k)
+                cand = boxes[i, lc][idx]
+                kept = _nms_sorted(cand, sizes[i, lc][idx], nms_threshold, eta)
+                keep_idx = idx[torch.tensor(kept, dtype=torch.long, device=device)]
+                indices.append(keep_idx)
+                labels.append(torch.full_like(keep_idx, c))
+            lab = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device)
+            idx = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long, device=device)
+            sc = scores[i, idx, lab]
+            if keep_top_k > -1 and idx.numel() > keep_top_k:
+                best = torch.sort(sc, descending=True, stable=True).indices[:keep_top_k]
+                # Regroup by label (std::map order); within a label the sorted (score) order stays.
+                regroup = torch.sort(lab[best], stable=True).indices
+                best = best[regroup]
+                lab, idx, sc = lab[best], idx[best], sc[best]
+            lc_idx = torch.zeros_like(lab) if share_location else lab
+            det = boxes[i][lc_idx, idx]
+            rows = torch.cat(
+                [
+                    torch.full((idx.numel(), 1), float(i), dtype=torch.float32, device=device),
+                    lab.to(torch.float32).unsqueeze(1),
+                    sc.unsqueeze(1),
+                    det,
+                ],
+                dim=1,
+            )
+            per_image.append(rows)
+        out = torch.cat(per_image) if per_image else torch.zeros((0, 7), dtype=torch.float32, device=device)
+        if out.shape[0] == 0:
+            out = torch.full((n, 7), -1.0, dtype=torch.float32, device=device)
+            out[:, 0] = torch.arange(n, dtype=torch.float32, device=device)
+        return out.to(out_dtype).view(1, 1, out.shape[0], 7)
+
+
+def resolve_detection_output_param(param: Any) -> dict[str, Any]:
+    """Keyword arguments for :func:`detection_output` from a ``caffe.DetectionOutputParameter``.
+
+    Caffe's rules (``DetectionOutputLayer::LayerSetUp``): ``num_classes`` is required;
+    ``confidence_threshold`` is ``-FLT_MAX`` unless set (returned as None); ``nms_param``
+    gives ``nms_threshold`` (default 0.3, must be >= 0), ``eta`` (default 1, in (0, 1]) and
+    ``top_k`` (-1 unless set); ``code_type`` defaults to CORNER in caffe.proto.
+
+    Side effects only, not supported: ``save_output_param`` (Caffe writes VOC/COCO/ILSVRC
+    result files and *deletes* ``output_directory`` first) and ``visualize`` (draws on a 4th
+    bottom) do not change the output blob; they are ignored with a warning.
+    """
+    if not param.HasField("num_classes"):
+        raise LayerConfigError("DetectionOutput: detection_output_param must specify num_classes")
+    nms_param = param.nms_param
+    if param.HasField("save_output_param") and param.save_output_param.output_directory:
+        warnings.warn(
+            "DetectionOutput: save_output_param is ignored; caffenorm does not write result files "
+            f"(output_directory {param.save_output_param.output_directory!r} is left untouched). "
+            "The detections are in the output tensor.",
+            UserWarning,
+            stacklevel=2,
+        )
+    if param.visualize:
+        warnings.warn(
+            "DetectionOutput: visualize is ignored; caffenorm draws nothing (the output is unchanged)",
+            UserWarning,
+            stacklevel=2,
+        )
+    kwargs: dict[str, Any] = dict(
+        num_classes=int(param.num_classes),
+        share_location=bool(param.share_location),
+        background_label_id=int(param.background_label_id),
+        nms_threshold=float(nms_param.nms_threshold),
+        top_k=int(nms_param.top_k) if nms_param.HasField("top_k") else -1,
+        eta=float(nms_param.eta),
+        keep_top_k=int(param.keep_top_k),
+        confidence_threshold=float(param.confidence_threshold) if param.HasField("confidence_threshold") else None,
+        code_type=_code_name(int(param.code_type)),
+        variance_encoded_in_target=bool(param.variance_encoded_in_target),
+    )
+    _check_detection_settings(
+        kwargs["num_classes"],
+        kwargs["share_location"],
+        kwargs["background_label_id"],
+        kwargs["nms_threshold"],
+        kwargs["top_k"],
+        kwargs["eta"],
+        kwargs["keep_top_k"],
+        kwargs["confidence_threshold"],
+        kwargs["code_type"],
+    )
+    return kwargs
+
+
+class DetectionOutput(nn.Module):
+    """SSD's ``DetectionOutput`` layer: ``forward(loc, conf, prior)`` -> ``(1, 1, num_kept, 7)``.
+
+    See :func:`detection_output` for the computation and the arguments; :meth:`from_param`
+    builds one from a ``caffe.DetectionOutputParameter``.  No parameters, no gradient.
+    """
+
+    caffe_type = "DetectionOutput"
+
+    def __init__(
+        self,
+        num_classes: int,
+        share_location: bool = True,
+        background_label_id: int = 0,
+        nms_threshold: float = 0.3,
+        top_k: int = -1,
+        eta: float = 1.0,
+        keep_top_k: int = -1,
+        confidence_threshold: float | None = None,
+        code_type: str | int = "CENTER_SIZE",
+        variance_encoded_in_target: bool = False,
+    ) -> None:
+        super().__init__()
+        (
+            self.num_classes,
+            self.background_label_id,
+            self.nms_threshold,
+            self.top_k,
+            self.eta,
+            self.keep_top_k,
+            self.confidence_threshold,
+            self.code_type,
+        ) = _check_detection_settings(
+            num_classes,
+            share_location,
+            background_label_id,
+            nms_threshold,
+            top_k,
+            eta,
+            keep_top_k,
+            confidence_threshold,
+            code_type,
+        )
+        self.share_location = bool(share_location)
+        self.variance_encoded_in_target = bool(variance_encoded_in_target)
+
+    @classmethod
+    def from_param(cls, param: Any) -> DetectionOutput:
+        return cls(**resolve_detection_output_param(param))
+
+    def settings(self) -> Mapping[str, Any]:
+        return dict(
+            num_classes=self.num_classes,
+            share_location=self.share_location,
+            background_label_id=self.background_label_id,
+            nms_threshold=self.nms_threshold,
+            top_k=self.top_k,
+            eta=self.eta,
+            keep_top_k=self.keep_top_k,
+            confidence_threshold=self.confidence_threshold,
+            code_type=self.code_type,
+            variance_encoded_in_target=self.variance_encoded_in_target,
+        )
+
+    def forward(self, loc: Tensor, conf: Tensor, prior: Tensor) -> Tensor:
+        return detection_output(loc, conf, prior, **self.settings())
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
