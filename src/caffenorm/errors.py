@@ -14,6 +14,11 @@ __all__ = [
     "LayerConfigError",
     "InputShapeError",
     "BlobError",
+    "ModelFileError",
+    "PrototxtSyntaxError",
+    "CaffemodelError",
+    "NetDefinitionError",
+    "UnsupportedLayerError",
 ]
 
 
@@ -31,3 +36,24 @@ class InputShapeError(CaffeNormError, ValueError):
 
 class BlobError(CaffeNormError, ValueError):
     """Blobs given to ``load_caffe_blobs`` have the wrong count or shape."""
+
+
+class ModelFileError(CaffeNormError):
+    """A model file cannot be read: missing, truncated, corrupted or not a Caffe file."""
+
+
+class PrototxtSyntaxError(ModelFileError):
+    """A ``.prototxt`` does not parse; the message starts with ``file:line:column``."""
+
+
+class CaffemodelError(ModelFileError):
+    """A ``.caffemodel`` is truncated, corrupted, or does not fit the prototxt."""
+
+
+class NetDefinitionError(CaffeNormError, ValueError):
+    """The net itself is inconsistent: a bottom no layer produces, a Reshape whose sizes do not add
+    up, dimensions too large to allocate, ..."""
+
+
+class UnsupportedLayerError(CaffeNormError):
+    """A layer type (or a setting of it) that caffenorm does not implement."""

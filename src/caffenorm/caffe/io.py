@@ -1,0 +1,160 @@
+"""Reading and writing Caffe's files with the protobuf library: ``.prototxt`` (text format) and
+``.caffemodel`` (binary), and converting blobs to and from numpy.
+
+Nothing here executes anything from a model file: both formats are plain protobuf data.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+from google.protobuf import text_format
+from google.protobuf.message import DecodeError, Message
+
+from caffenorm.caffe import schema
+from caffenorm.errors import BlobError, CaffemodelError, ModelFileError, PrototxtSyntaxError
+
+__all__ = [
+    "array_to_blob",
+    "blob_shape",
+    "blob_to_array",
+    "layer_lines",
+    "parse_prototxt",
+    "read_caffemodel",
+    "read_prototxt",
+    "write_caffemodel",
+    "write_prototxt",
+]
+
+PathLike = str | os.PathLike[str]
+
+
+def _read(path: PathLike, what: str, mode: str = "rb") -> bytes:
+    p = Path(path)
+    if not p.exists():
+        raise ModelFileError(f"{p}: no such {what} file")
+    if p.is_dir():
+        raise ModelFileError(f"{p}: is a directory, expected a {what} file")
+    try:
+        return p.read_bytes()
+    except OSError as err:
+        raise ModelFileError(f"{p}: cannot read the {what}: {err.strerror or err}") from None
+
+
+# Top-level `layer {` / `layers {` entries, found lexically so errors can cite a line; protobuf
+# does the parsing.  Strings and comments are skipped so braces inside them do not count.
+_TOKEN = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|#[^\n]*|[{}<>]|\b(?:layers?)\b|\n')
+
+
+def layer_lines(text: str) -> list[int]:
+    """1-based line numbers of the top-level ``layer``/``layers`` entries of a prototxt, in order."""
+    lines, depth, line = [], 0, 1
+    for m in _TOKEN.finditer(text):
+        tok = m.group()
+        if tok == "\n":
+            line += 1
+        elif tok in "{<":
+            depth += 1
+        elif tok in "}>":
+            depth -= 1
+        elif tok in ("layer", "layers") and depth == 0:
+            lines.append(line)
+        elif tok[0] in "\"'":
+            line += tok.count("\n")
+    return lines
+
+
+def parse_prototxt(text: str, source: str = "<string>") -> tuple[Message, list[int]]:
+    """Parse prototxt text into a ``NetParameter``; also return the line of every top-level layer."""
+    net = schema.NetParameter()
+    try:
+        text_format.Parse(text, net)
+    except text_format.ParseError as err:
+        line, col = err.GetLine(), err.GetColumn()
+        message = str(err)
+        # protobuf prefixes "line:col : "; we give the file instead.
+        message = re.sub(r"^\d+:\d+\s*:\s*", "", message)
+        where = f"{source}:{line}:{col}" if line else source
+        hint = ""
+        if "has no field named" in message:
+            hint = " (a field of a Caffe fork caffenorm does not know, or a typo)"
+        raise PrototxtSyntaxError(f"{where}: {message}{hint}") from None
+    return net, layer_lines(text)
+
+
+def read_prototxt(path: PathLike) -> tuple[Message, list[int]]:
+    """Read a ``.prototxt`` file: the ``NetParameter`` and the line of every top-level layer."""
+    raw = _read(path, "prototxt")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PrototxtSyntaxError(
+            f"{path}: is not text (is it a binary .caffemodel given as the prototxt?)"
+        ) from None
+    return parse_prototxt(text, str(path))
+
+
+def read_caffemodel(path: PathLike) -> Message:
+    """Read a binary ``.caffemodel`` into a ``NetParameter``.
+
+    The file bytes are released as soon as protobuf has parsed them, so peak memory is about
+    twice the file size while the caller converts the blobs one layer at a time.
+    """
+    raw = _read(path, "caffemodel")
+    net = schema.NetParameter()
+    try:
+        net.ParseFromString(raw)
+    except (DecodeError, RuntimeError, ValueError) as err:
+        looks_text = raw[:200].lstrip().startswith((b"name", b"layer", b"input", b"#"))
+        hint = "it looks like a text prototxt" if looks_text else "the file is truncated or corrupted"
+        raise CaffemodelError(f"{path}: not a readable binary caffemodel ({hint}): {err}") from None
+    del raw
+    if not net.layer and not net.layers:
+        raise CaffemodelError(f"{path}: parsed as a caffemodel but holds no layers (empty or not a caffemodel)")
+    return net
+
+
+def write_prototxt(net: Message, path: PathLike) -> None:
+    Path(path).write_text(text_format.MessageToString(net), encoding="utf-8")
+
+
+def write_caffemodel(net: Message, path: PathLike) -> None:
+    Path(path).write_bytes(net.SerializeToString())
+
+
+def blob_shape(blob: Message) -> tuple[int, ...]:
+    """A ``BlobProto``'s shape: ``shape.dim``, or the legacy (num, channels, height, width)."""
+    if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
+        return (blob.num, blob.channels, blob.height, blob.width)
+    return tuple(int(d) for d in blob.shape.dim)
+
+
+def blob_to_array(blob: Message, where: str) -> np.ndarray:
+    """A ``BlobProto``'s data as a float32 (or float64 for ``double_data``) array of its shape.
+
+    ``where`` names the file, layer and blob index for the error message.
+    """
+    shape = blob_shape(blob)
+    if any(d < 0 for d in shape):
+        raise BlobError(f"{where}: negative dimension in blob shape {shape}")
+    count = int(np.prod(shape, dtype=np.int64))
+    if len(blob.double_data):
+        data = np.array(blob.double_data, dtype=np.float64)
+    else:
+        data = np.array(blob.data, dtype=np.float32)
+    if data.size != count:
+        raise BlobError(
+            f"{where}: blob shape {shape} needs {count} values but the file holds {data.size} "
+            "(truncated or corrupted caffemodel?)"
+        )
+    return data.reshape(shape)
+
+
+def array_to_blob(array: np.ndarray, blob: Message) -> None:
+    """Fill a ``BlobProto`` with ``array`` as Caffe writes it: ``shape.dim`` and float ``data``."""
+    arr = np.asarray(array, dtype=np.float32)
+    blob.shape.dim[:] = list(arr.shape)
+    blob.data[:] = arr.ravel().tolist()

@@ -1,0 +1,1 @@
+"""Converters of the activation family (to be written)."""

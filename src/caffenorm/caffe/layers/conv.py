@@ -1,0 +1,1 @@
+"""Converters of the conv family (to be written)."""

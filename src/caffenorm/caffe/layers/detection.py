@@ -1,0 +1,1 @@
+"""Converters of the detection family (to be written)."""

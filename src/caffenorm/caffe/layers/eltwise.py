@@ -1,0 +1,1 @@
+"""Converters of the eltwise family (to be written)."""

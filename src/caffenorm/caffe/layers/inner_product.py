@@ -1,0 +1,1 @@
+"""Converters of the inner_product family (to be written)."""

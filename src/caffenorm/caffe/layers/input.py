@@ -1,0 +1,52 @@
+"""Layers whose tops the caller feeds: ``Input`` and the data layers (Caffe reads those from LMDB,
+HDF5, image lists...; here their tops are the net's inputs)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from caffenorm.caffe.registry import BuildContext, register_layer
+from caffenorm.caffe.spec import LayerSpec
+from caffenorm.nn._base import CaffeLayer
+
+__all__ = ["InputLayer", "convert_data", "convert_input", "convert_memory_data"]
+
+
+class InputLayer(CaffeLayer):
+    """A layer whose tops are fed by the caller; ``shapes`` holds each top's declared shape
+    (``None`` where the prototxt does not say)."""
+
+    caffe_type = "Input"
+
+    def __init__(self, shapes: Sequence[tuple[int, ...] | None]) -> None:
+        super().__init__()
+        self.shapes = list(shapes)
+
+    def extra_repr(self) -> str:
+        return f"shapes={self.shapes}"
+
+
+@register_layer("Input")
+def convert_input(layer: LayerSpec, ctx: BuildContext) -> InputLayer:
+    """``input_param.shape``: none (the caller gives shapes), one for every top, or one per top."""
+    shapes = [tuple(int(d) for d in s.dim) for s in layer.param.input_param.shape]
+    tops = len(layer.tops)
+    if len(shapes) not in (0, 1, tops):
+        raise ctx.error(f"has {len(shapes)} input_param shapes for {tops} tops; give 0, 1 or {tops}")
+    if len(shapes) == 1:
+        shapes = shapes * tops
+    return InputLayer(shapes or [None] * tops)
+
+
+@register_layer("MemoryData")
+def convert_memory_data(layer: LayerSpec, ctx: BuildContext) -> InputLayer:
+    """Tops (data, label) of shapes (batch_size, channels, height, width) and (batch_size,)."""
+    p = layer.param.memory_data_param
+    shapes: list[tuple[int, ...] | None] = [(p.batch_size, p.channels, p.height, p.width), (p.batch_size,)]
+    return InputLayer(shapes[: len(layer.tops)] + [None] * max(0, len(layer.tops) - 2))
+
+
+@register_layer("Data", "ImageData", "HDF5Data", "AnnotatedData", "WindowData", "VideoData")
+def convert_data(layer: LayerSpec, ctx: BuildContext) -> InputLayer:
+    """Data read from files: the tops become inputs whose shapes come from ``input_shapes``."""
+    return InputLayer([None] * len(layer.tops))

@@ -1,0 +1,1 @@
+"""Converters of the pooling family (to be written)."""

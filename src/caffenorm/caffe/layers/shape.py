@@ -1,0 +1,1 @@
+"""Converters of the shape family (to be written)."""

@@ -1,0 +1,366 @@
+"""``caffenorm.load`` and ``Net``: a Caffe net as an ``nn.Module``, run blob by blob like Caffe.
+
+Layers run in prototxt order over a dictionary of named blobs.  An in-place layer (top == bottom)
+rebinds the name to its output, so ``net.blobs`` holds, like Caffe, the last value written to each
+name; nothing is modified in place, so autograd sees an ordinary graph.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from google.protobuf.message import Message
+from torch import Tensor, nn
+
+from caffenorm.caffe import io, schema
+from caffenorm.caffe.layers.input import InputLayer
+from caffenorm.caffe.registry import BuildContext, get_converter
+from caffenorm.caffe.spec import LayerSpec, layer_specs, parse_phase
+from caffenorm.caffe.upgrade import upgrade_net
+from caffenorm.errors import (
+    BlobError,
+    CaffemodelError,
+    CaffeNormError,
+    InputShapeError,
+    NetDefinitionError,
+)
+from caffenorm.nn._base import CaffeLayer
+
+__all__ = ["Net", "load"]
+
+PathLike = str | os.PathLike[str]
+
+
+def _wrap(spec: LayerSpec, err: Exception, shapes: Sequence[Any]) -> CaffeNormError:
+    """Re-raise an error from a layer's module with the layer's location."""
+    if isinstance(err, CaffeNormError):
+        message = str(err)
+        if spec.where() in message:
+            return err
+        return type(err)(f"{spec.where()}: {message}")
+    return InputShapeError(f"{spec.where()}: cannot run on bottoms of shapes {list(shapes)}: {err}")
+
+
+def _meta_shapes(module: CaffeLayer, shapes: Sequence[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """Top shapes of ``module`` for bottoms of ``shapes``, computed on the meta device (nothing
+    is allocated, and the module's own tensors are not touched)."""
+    state = {
+        name: torch.empty(t.shape, dtype=t.dtype, device="meta")
+        for name, t in (*module.named_parameters(), *module.named_buffers())
+    }
+    args = tuple(torch.empty(s, device="meta") for s in shapes)
+    with torch.no_grad():
+        out = torch.func.functional_call(module, state, args)
+    outs = out if isinstance(out, tuple) else (out,)
+    return [tuple(o.shape) for o in outs]
+
+
+class Net(nn.Module):
+    """A Caffe net.  Build it with :func:`caffenorm.load`.
+
+    Attributes:
+        inputs: names of the blobs the caller feeds (Input and data layers' tops), in order.
+        outputs: names of the blobs no layer consumes: what ``forward`` returns.
+        input_shapes: the declared shape of each input (``None`` where the prototxt has none).
+        blobs: after a forward, every blob name -> the tensor Caffe would hold under that name.
+        unused_weights: caffemodel layers with blobs that match no layer of this net.
+        layers: ``nn.ModuleDict`` of the layer modules ('.' in names becomes '/').
+    """
+
+    def __init__(
+        self,
+        net_param: Message,
+        specs: Sequence[LayerSpec],
+        phase: str,
+        input_shapes: Mapping[str, Sequence[int]] | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.phase = parse_phase(phase)
+        self._net_param = net_param
+        self._specs = list(specs)
+        self.layers = nn.ModuleDict()
+        self._keys: list[str] = []
+        self.inputs: list[str] = []
+        self.input_shapes: dict[str, tuple[int, ...] | None] = {}
+        self.blobs: dict[str, Tensor] = {}
+        self.unused_weights: list[str] = []
+        overrides = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
+        generator = torch.Generator().manual_seed(seed)
+        shapes: dict[str, tuple[int, ...] | None] = {}
+        producer: dict[str, LayerSpec] = {}
+        later = {top: s for s in reversed(self._specs) for top in s.tops}
+        for spec in self._specs:
+            self._check_wiring(spec, producer, later)
+            bottom_shapes = [shapes[b] for b in spec.bottoms]
+            ctx = BuildContext(spec, bottom_shapes, self.phase, generator)
+            try:
+                module = get_converter(spec)(spec, ctx)
+            except CaffeNormError as err:
+                raise _wrap(spec, err, bottom_shapes) from None
+            key = self._add(spec, module)
+            if isinstance(module, InputLayer):
+                if len(module.shapes) != len(spec.tops):
+                    raise NetDefinitionError(
+                        f"{spec.where()}: declares {len(module.shapes)} shapes for {len(spec.tops)} tops"
+                    )
+                for top, declared in zip(spec.tops, module.shapes):
+                    shape = overrides.pop(top, declared)
+                    if shape is not None:
+                        ctx.check_elements(shape, f"input {top!r}")
+                    shapes[top] = shape
+                    self.inputs.append(top)
+                    self.input_shapes[top] = shape
+            else:
+                for top, shape in zip(spec.tops, self._infer(spec, module, bottom_shapes)):
+                    if shape is not None:
+                        ctx.check_elements(shape, f"top {top!r}")
+                    shapes[top] = shape
+            for top in spec.tops:
+                producer[top] = spec
+            del key
+        if overrides:
+            raise NetDefinitionError(
+                f"input_shapes names {sorted(overrides)}, which are not inputs of this net; inputs: {self.inputs}"
+            )
+        self.blob_shapes = shapes
+        self.outputs = self._outputs()
+        self.train(self.phase == "TRAIN")
+
+    # -- building -------------------------------------------------------------------------------
+
+    def _check_wiring(self, spec: LayerSpec, producer: dict[str, LayerSpec], later: dict[str, LayerSpec]) -> None:
+        for bottom in spec.bottoms:
+            if bottom in producer:
+                continue
+            source = later.get(bottom)
+            if source is not None and source is not spec:
+                raise NetDefinitionError(
+                    f"{spec.where()}: bottom {bottom!r} is only produced later, by {source.where()}; "
+                    "Caffe runs layers in prototxt order"
+                )
+            raise NetDefinitionError(
+                f"{spec.where()}: bottom {bottom!r} is not produced by any layer (nor declared as an input)"
+            )
+        for i, top in enumerate(spec.tops):
+            in_place = i < len(spec.bottoms) and spec.bottoms[i] == top
+            if top in producer and not in_place:
+                raise NetDefinitionError(
+                    f"{spec.where()}: top {top!r} is already produced by {producer[top].where()}; Caffe only "
+                    "allows a second writer in place (bottom == top at the same position)"
+                )
+
+    def _add(self, spec: LayerSpec, module: CaffeLayer) -> str:
+        if not isinstance(module, CaffeLayer):
+            raise TypeError(f"converter for {spec.type} returned {type(module).__name__}, not a CaffeLayer")
+        key = spec.name.replace(".", "/") or f"layer{len(self._keys)}"
+        if key in self.layers:
+            raise NetDefinitionError(f"{spec.where()}: a layer named {spec.name!r} already exists; names must be unique")
+        self.layers[key] = module
+        self._keys.append(key)
+        return key
+
+    def _infer(self, spec: LayerSpec, module: CaffeLayer, shapes: list[tuple[int, ...] | None]) -> list[Any]:
+        if any(s is None for s in shapes) or not getattr(module, "shape_inference", True):
+            return [None] * len(spec.tops)
+        try:
+            tops = _meta_shapes(module, shapes)  # type: ignore[arg-type]
+        except CaffeNormError as err:
+            raise _wrap(spec, err, shapes) from None
+        except (RuntimeError, ValueError, TypeError, IndexError, NotImplementedError) as err:
+            raise NetDefinitionError(f"{spec.where()}: does not fit bottoms of shapes {shapes}: {err}") from None
+        if len(tops) != len(spec.tops):
+            raise NetDefinitionError(f"{spec.where()}: produces {len(tops)} outputs for {len(spec.tops)} tops")
+        return tops
+
+    def _outputs(self) -> list[str]:
+        """Caffe's rule: blobs produced (or fed) and not consumed by any later layer."""
+        available: dict[str, None] = {}
+        for spec in self._specs:
+            for bottom in spec.bottoms:
+                available.pop(bottom, None)
+            for top in spec.tops:
+                available[top] = None
+        return list(available)
+
+    # -- weights ----------------------------------------------------------------------------------
+
+    def load_caffemodel(
+        self, path: PathLike, strict: bool = True, progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None
+    ) -> None:
+        """Copy the blobs of a ``.caffemodel`` into the layers, matching layers by name.
+
+        Layers of this net that need blobs and find none are an error with ``strict`` (else they
+        keep their fillers, with a warning); caffemodel layers with blobs that match no layer are
+        listed in ``unused_weights`` and warned about.
+        """
+        weights = io.read_caffemodel(path)
+        upgrade_net(weights, str(path))
+        by_name = {layer.name: layer for layer in weights.layer}
+        missing = []
+        pairs = list(zip(self._specs, self._keys))
+        for spec, key in progress(pairs) if progress else pairs:
+            module = self.layers[key]
+            source = by_name.pop(spec.name, None)
+            if source is None or not len(source.blobs):
+                if module.caffe_blobs():
+                    missing.append(spec.name)
+                continue
+            arrays = [io.blob_to_array(b, f"{path}: layer {spec.name!r} blob {i}") for i, b in enumerate(source.blobs)]
+            source.ClearField("blobs")  # free the protobuf copy as we go
+            try:
+                module.load_caffe_blobs(arrays)
+            except BlobError as err:
+                raise BlobError(f"{spec.where()}: weights from {path}: {err}") from None
+        self.unused_weights = [name for name, layer in by_name.items() if len(layer.blobs)]
+        if missing:
+            message = (
+                f"{path}: has no weights for {len(missing)} layer(s) that need them: {', '.join(missing)} "
+                "(was it trained with a different prototxt?)"
+            )
+            if strict:
+                raise CaffemodelError(message + "; pass strict=False to keep their fillers")
+            warnings.warn(message + "; they keep the prototxt's fillers", stacklevel=2)
+        if self.unused_weights:
+            warnings.warn(
+                f"{path}: weights of {len(self.unused_weights)} layer(s) match no layer of this net and are "
+                f"unused: {', '.join(self.unused_weights)}",
+                stacklevel=2,
+            )
+
+    # -- running ------------------------------------------------------------------------------------
+
+    def forward(self, *args: Tensor, **inputs: Tensor) -> dict[str, Tensor]:
+        """Run the net.  ``net(x)`` when it has one input, else ``net(name=tensor, ...)``.
+
+        Returns the output blobs by name; every blob is in ``net.blobs`` afterwards.
+        """
+        if args:
+            if len(args) != 1 or len(self.inputs) != 1 or inputs:
+                raise InputShapeError(
+                    f"pass inputs by name: net({', '.join(f'{n}=...' for n in self.inputs)})"
+                )
+            inputs = {self.inputs[0]: args[0]}
+        missing = [n for n in self.inputs if n not in inputs]
+        unknown = [n for n in inputs if n not in self.inputs]
+        if missing or unknown:
+            expected = ", ".join(f"{n} {self.input_shapes[n]}" for n in self.inputs)
+            raise InputShapeError(f"the net's inputs are: {expected}; missing {missing}, unknown {unknown}")
+        blobs: dict[str, Tensor] = {}
+        for spec, key in zip(self._specs, self._keys):
+            module = self.layers[key]
+            if isinstance(module, InputLayer):
+                for top in spec.tops:
+                    blobs[top] = self._as_tensor(top, inputs[top])
+                continue
+            bottoms = [blobs[b] for b in spec.bottoms]
+            try:
+                out = module(*bottoms)
+            except (CaffeNormError, RuntimeError, ValueError, IndexError) as err:
+                raise _wrap(spec, err, [tuple(b.shape) for b in bottoms]) from None
+            outs = out if isinstance(out, tuple) else (out,)
+            for top, value in zip(spec.tops, outs):
+                blobs[top] = value
+        self.blobs = blobs
+        return {name: blobs[name] for name in self.outputs}
+
+    def _as_tensor(self, name: str, value: Any) -> Tensor:
+        if isinstance(value, np.ndarray):
+            value = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+        if not isinstance(value, Tensor):
+            raise InputShapeError(f"input {name!r} must be a tensor or numpy array, got {type(value).__name__}")
+        declared = self.input_shapes.get(name)
+        if declared is not None and value.dim() != len(declared):
+            raise InputShapeError(
+                f"input {name!r} has shape {tuple(value.shape)}; the net declares {declared} "
+                f"({len(declared)} dimensions)"
+            )
+        return value
+
+    # -- Caffe's views ------------------------------------------------------------------------------
+
+    @property
+    def params(self) -> dict[str, list[Tensor]]:
+        """Layer name -> its blobs in Caffe's order and shapes (the tensors themselves)."""
+        out = {}
+        for spec, key in zip(self._specs, self._keys):
+            blobs = self.layers[key].caffe_blobs()
+            if blobs:
+                out[spec.name] = blobs
+        return out
+
+    @property
+    def layer_specs(self) -> list[LayerSpec]:
+        return list(self._specs)
+
+    def layer(self, name: str) -> CaffeLayer:
+        """The module of the layer called ``name``."""
+        for spec, key in zip(self._specs, self._keys):
+            if spec.name == name:
+                return self.layers[key]  # type: ignore[return-value]
+        raise KeyError(f"no layer named {name!r}")
+
+    def save(self, prototxt: PathLike, caffemodel: PathLike) -> None:
+        """Write the net definition and its weights back in Caffe's formats."""
+        definition = schema.NetParameter()
+        definition.CopyFrom(self._net_param)
+        for layer in definition.layer:
+            layer.ClearField("blobs")
+        io.write_prototxt(definition, prototxt)
+        weights = schema.NetParameter(name=self._net_param.name)
+        for spec, key in zip(self._specs, self._keys):
+            layer = weights.layer.add()
+            layer.CopyFrom(spec.param)
+            layer.ClearField("blobs")
+            for blob in self.layers[key].caffe_blobs():
+                io.array_to_blob(blob.detach().cpu().numpy(), layer.blobs.add())
+        io.write_caffemodel(weights, caffemodel)
+
+    def extra_repr(self) -> str:
+        return f"phase={self.phase}, inputs={self.inputs}, outputs={self.outputs}"
+
+
+def load(
+    prototxt: PathLike,
+    caffemodel: PathLike | None = None,
+    phase: str = "test",
+    *,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    level: int = 0,
+    stages: Sequence[str] = (),
+    strict: bool = True,
+    seed: int = 0,
+    progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
+) -> Net:
+    """Build a :class:`Net` from a prototxt and (optionally) a caffemodel.
+
+    Args:
+        prototxt: the net definition (text; V1 ``layers`` and legacy ``input:`` headers are upgraded).
+        caffemodel: the trained weights (binary); without it, layers are initialised from the
+            prototxt's fillers with ``seed``.
+        phase: ``"test"`` (inference: stored BatchNorm statistics, no dropout) or ``"train"``
+            (the TRAIN layers, training mode).  ``net.train()``/``net.eval()`` switch later.
+        input_shapes: shapes for inputs the prototxt does not declare (or to override them).
+        level, stages: Caffe's ``NetState`` for ``include``/``exclude`` rules.
+        strict: with a caffemodel, layers needing weights that it lacks are an error.
+        seed: seed of the fillers.
+        progress: a wrapper such as ``tqdm.tqdm`` to show progress while weights load.
+    """
+    path = Path(prototxt)
+    net_param, lines = io.read_prototxt(path)
+    if net_param.input or net_param.input_shape or net_param.input_dim:
+        lines = [None, *lines]  # the upgrade prepends an Input layer that has no line of its own
+    upgrade_net(net_param, str(path))
+    specs = layer_specs(net_param, lines, str(path), phase, level, stages)
+    if not specs:
+        raise NetDefinitionError(f"{path}: no layers for phase {parse_phase(phase)}")
+    net = Net(net_param, specs, phase, input_shapes=input_shapes, seed=seed)
+    if caffemodel is not None:
+        net.load_caffemodel(caffemodel, strict=strict, progress=progress)
+    return net
