@@ -69,6 +69,8 @@ class Net(nn.Module):
         outputs: names of the blobs no layer consumes: what ``forward`` returns.
         input_shapes: the declared shape of each input (``None`` where the prototxt has none).
         blobs: after a forward, every blob name -> the tensor Caffe would hold under that name.
+        layer_outputs: after a forward with ``record_layer_outputs = True``, every layer name ->
+            its outputs (unlike ``blobs``, not overwritten by later in-place layers).
         unused_weights: caffemodel layers with blobs that match no layer of this net.
         layers: ``nn.ModuleDict`` of the layer modules ('.' in names becomes '/').
     """
@@ -90,6 +92,8 @@ class Net(nn.Module):
         self.inputs: list[str] = []
         self.input_shapes: dict[str, tuple[int, ...] | None] = {}
         self.blobs: dict[str, Tensor] = {}
+        self.record_layer_outputs = False
+        self.layer_outputs: dict[str, tuple[Tensor, ...]] = {}
         self.unused_weights: list[str] = []
         overrides = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
         generator = torch.Generator().manual_seed(seed)
@@ -253,6 +257,7 @@ class Net(nn.Module):
             expected = ", ".join(f"{n} {self.input_shapes[n]}" for n in self.inputs)
             raise InputShapeError(f"the net's inputs are: {expected}; missing {missing}, unknown {unknown}")
         blobs: dict[str, Tensor] = {}
+        self.layer_outputs = {}
         for spec, key in zip(self._specs, self._keys):
             module = self.layers[key]
             if isinstance(module, InputLayer):
@@ -267,6 +272,8 @@ class Net(nn.Module):
             outs = out if isinstance(out, tuple) else (out,)
             for top, value in zip(spec.tops, outs):
                 blobs[top] = value
+            if self.record_layer_outputs:
+                self.layer_outputs[spec.name] = outs
         self.blobs = blobs
         return {name: blobs[name] for name in self.outputs}
 

@@ -37,9 +37,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from caffenorm.errors import InputShapeError, LayerConfigError
+from caffenorm.nn._base import CaffeLayer
 
 __all__ = [
     "CODE_TYPES",
@@ -334,7 +335,7 @@ def resolve_prior_box_param(
     return kwargs
 
 
-class PriorBox(nn.Module):
+class PriorBox(CaffeLayer):
     """SSD's ``PriorBox`` layer: ``forward(feature, image)`` -> ``(1, 2, H*W*P*4)`` (see :func:`prior_box`).
 
     Only the shapes of the two NCHW inputs are used (the feature map's ``H, W`` and the
@@ -862,7 +863,7 @@ def resolve_detection_output_param(param: Any) -> dict[str, Any]:
     return kwargs
 
 
-class DetectionOutput(nn.Module):
+class DetectionOutput(CaffeLayer):
     """SSD's ``DetectionOutput`` layer: ``forward(loc, conf, prior)`` -> ``(1, 1, num_kept, 7)``.
 
     See :func:`detection_output` for the computation and the arguments; :meth:`from_param`
@@ -870,6 +871,7 @@ class DetectionOutput(nn.Module):
     """
 
     caffe_type = "DetectionOutput"
+    shape_inference = False  # the number of detections depends on the data
 
     def __init__(
         self,

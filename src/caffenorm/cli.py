@@ -1,0 +1,261 @@
+"""The ``caffenorm`` command: ``info``, ``run`` (optionally ``--compare opencv``) and ``layers``.
+
+Without a model, ``info`` and ``run`` use the example model shipped inside the package.  Errors
+print as one line (``--debug`` shows the traceback); the exit code is 1 for a bad model or input
+and 2 for a bad command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+import warnings
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["main"]
+
+
+def example_model() -> tuple[Path, Path]:
+    """The bundled example: a small net with LRN both ways, BatchNorm+Scale and Normalize."""
+    root = resources.files("caffenorm") / "data"
+    return Path(str(root / "example.prototxt")), Path(str(root / "example.caffemodel"))
+
+
+def _model_args(args: argparse.Namespace) -> tuple[Path, Path | None]:
+    if args.prototxt is None:
+        proto, weights = example_model()
+        print(f"(no model given: using the bundled example {proto.name} + {weights.name})")
+        return proto, weights
+    return Path(args.prototxt), None if args.caffemodel is None else Path(args.caffemodel)
+
+
+def _parse_shapes(items: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    for item in items:
+        name, _, dims = item.partition("=")
+        try:
+            shapes[name] = tuple(int(d) for d in dims.split(","))
+        except ValueError:
+            raise SystemExit(f"caffenorm: --input-shape expects NAME=N,C,H,W, got {item!r}") from None
+    return shapes
+
+
+def _progress() -> Any:
+    if not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return lambda items: tqdm(items, desc="loading weights", unit="layer", leave=False)
+
+
+def _load(args: argparse.Namespace, proto: Path, weights: Path | None) -> Any:
+    from caffenorm.caffe.net import load
+
+    return load(
+        proto, weights, args.phase, input_shapes=_parse_shapes(args.input_shape), strict=not args.allow_missing,
+        progress=_progress(),
+    )
+
+
+def _count(blobs: Sequence[Any]) -> int:
+    return sum(int(b.numel()) for b in blobs)
+
+
+def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from caffenorm.caffe import io
+    from caffenorm.caffe.registry import supported_layers
+    from caffenorm.caffe.spec import layer_specs
+    from caffenorm.caffe.upgrade import upgrade_net
+
+    proto, weights = _model_args(args)
+    definition, lines = io.read_prototxt(proto)
+    if definition.input or definition.input_shape or definition.input_dim:
+        lines = [None, *lines]
+    upgrade_net(definition, str(proto))
+    specs = layer_specs(definition, lines, str(proto), args.phase)
+    supported = set(supported_layers())
+    unsupported = [s for s in specs if s.type not in supported]
+    if unsupported:
+        rows = [[str(i), s.name, s.type, f"{','.join(s.bottoms)} -> {','.join(s.tops)}",
+                 "yes" if s.type in supported else "NO"] for i, s in enumerate(specs)]
+        print(_table(rows, ["#", "name", "type", "bottoms -> tops", "supported"]))
+        print(f"\n{len(unsupported)} unsupported layer(s):")
+        for s in unsupported:
+            print(f"  {s.where()}")
+        return 1
+    net = _load(args, proto, weights)
+    rows = []
+    for i, spec in enumerate(net.layer_specs):
+        shapes = ", ".join("x".join(map(str, net.blob_shapes[t])) if net.blob_shapes.get(t) else "?" for t in spec.tops)
+        params = _count(net.layer(spec.name).caffe_blobs())
+        rows.append([str(i), spec.name, spec.type, f"{','.join(spec.bottoms)} -> {','.join(spec.tops)}", shapes,
+                     f"{params:,}" if params else ""])
+    print(_table(rows, ["#", "name", "type", "bottoms -> tops", "output shape", "params"]))
+    total = sum(_count(b) for b in net.params.values())
+    print(f"\n{len(rows)} layers, {total:,} parameters; inputs {net.inputs}, outputs {net.outputs}; phase {net.phase}")
+    if net.unused_weights:
+        print(f"caffemodel layers matching no layer: {', '.join(net.unused_weights)}")
+    return 0
+
+
+def _read_input(path: Path, shape: tuple[int, ...] | None, mean: Sequence[float], scale: float) -> np.ndarray:
+    from caffenorm.errors import InputShapeError, ModelFileError
+
+    if not path.exists():
+        raise ModelFileError(f"{path}: no such input file")
+    if path.suffix == ".npy":
+        return np.load(path, allow_pickle=False).astype(np.float32)
+    try:
+        import cv2
+    except ImportError:
+        raise ModelFileError(f"{path}: reading images needs OpenCV: pip install 'opencv-python-headless<5'") from None
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # BGR, like Caffe's own tools
+    if image is None:
+        raise ModelFileError(f"{path}: not an image OpenCV can read (give a .npy for raw arrays)")
+    if shape is None or len(shape) != 4:
+        raise InputShapeError(f"{path}: the net's input shape {shape} is not (N, C, H, W); give a .npy instead")
+    image = cv2.resize(image, (shape[3], shape[2]), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    if mean:
+        image -= np.asarray(mean, dtype=np.float32)
+    return (image * scale).transpose(2, 0, 1)[None]
+
+
+def _describe(name: str, value: np.ndarray, top: int) -> str:
+    head = f"{name}: shape {tuple(value.shape)}"
+    if value.ndim >= 2 and value.size and value.reshape(value.shape[0], -1).shape[1] <= 10000 and value.shape[0] <= 8 \
+            and all(d == 1 for d in value.shape[2:]):
+        rows = value.reshape(value.shape[0], -1)
+        parts = []
+        for i, row in enumerate(rows):
+            best = np.argsort(-row, kind="stable")[:top]
+            parts.append(f"  sample {i}: " + ", ".join(f"[{j}] {row[j]:.6g}" for j in best))
+        return head + "\n" + "\n".join(parts)
+    flat = value.ravel()
+    return (f"{head}, min {flat.min():.6g}, max {flat.max():.6g}, mean {flat.mean():.6g}; "
+            f"first values {np.array2string(flat[:6], precision=5)}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import torch
+
+    proto, weights = _model_args(args)
+    if weights is None:
+        print("(no caffemodel: weights come from the prototxt's fillers)")
+    net = _load(args, proto, weights)
+    inputs = {}
+    rng = np.random.default_rng(args.seed)
+    for name in net.inputs:
+        shape = net.input_shapes[name]
+        if args.input and name == net.inputs[0]:
+            inputs[name] = _read_input(Path(args.input), shape, args.mean, args.scale)
+        elif shape is None:
+            raise SystemExit(f"caffenorm: input {name!r} has no declared shape; pass --input-shape {name}=N,C,H,W")
+        else:
+            inputs[name] = rng.standard_normal(shape).astype(np.float32)
+    for name, value in inputs.items():
+        print(f"input {name}: shape {value.shape}" + ("" if args.input else f" (random, seed {args.seed})"))
+    with torch.no_grad():
+        outputs = net(**{k: torch.from_numpy(v) for k, v in inputs.items()})
+    for name, value in outputs.items():
+        print(_describe(name, value.detach().cpu().numpy(), args.top))
+    if args.compare == "opencv":
+        if weights is None:
+            raise SystemExit("caffenorm: --compare opencv needs a caffemodel")
+        return _compare(net, proto, weights, inputs)
+    return 0
+
+
+def _compare(net: Any, proto: Path, weights: Path, inputs: dict[str, np.ndarray]) -> int:
+    from caffenorm.caffe.compare import compare_with_opencv
+
+    rows = compare_with_opencv(net, proto, weights, inputs)
+    table = [[r.name, r.type, "x".join(map(str, r.shape)), "-" if r.max_diff is None else f"{r.max_diff:.3g}",
+              f"{r.scale:.3g}", "DIVERGES" if r.diverges() else ("-" if r.max_diff is None else "ok"), r.note]
+             for r in rows]
+    print("\ncaffenorm vs OpenCV dnn, layer by layer (max |difference|, max |value|):")
+    print(_table(table, ["layer", "type", "shape", "max diff", "max value", "status", "note"]))
+    first = next((r for r in rows if r.diverges()), None)
+    if first is None:
+        print("\nno layer diverges (rtol 1e-4, atol 1e-5)")
+    else:
+        why = f": {first.note}" if first.note else ""
+        print(f"\nfirst blob that diverges: {first.name!r} ({first.type}), max difference {first.max_diff:.3g}{why}")
+    return 0
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    from caffenorm.caffe.registry import supported_layers
+
+    print("\n".join(supported_layers()))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="caffenorm", description="Run Caffe models in PyTorch, exactly.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def model_command(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        p.add_argument("prototxt", nargs="?", help="net definition (default: the bundled example)")
+        p.add_argument("caffemodel", nargs="?", help="trained weights")
+        p.add_argument("--phase", default="test", choices=["test", "train"])
+        p.add_argument("--input-shape", action="append", default=[], metavar="NAME=N,C,H,W",
+                       help="shape of an input the prototxt does not declare (repeatable)")
+        p.add_argument("--allow-missing", action="store_true",
+                       help="layers without weights in the caffemodel keep their fillers instead of failing")
+        return p
+
+    info = model_command("info", "table of layers, shapes and parameter counts")
+    info.set_defaults(func=cmd_info)
+    run = model_command("run", "run the model and print its outputs")
+    run.add_argument("--input", help="an image (read as BGR, resized to the input) or a .npy array")
+    run.add_argument("--mean", type=lambda s: [float(v) for v in s.split(",")], default=[],
+                     help="per-channel mean to subtract from an image, e.g. 104,117,123")
+    run.add_argument("--scale", type=float, default=1.0, help="multiply the image by this after the mean")
+    run.add_argument("--seed", type=int, default=0, help="seed of the random input when no --input is given")
+    run.add_argument("--top", type=int, default=5, help="classes to show per sample")
+    run.add_argument("--compare", choices=["opencv"], help="also run OpenCV dnn and compare layer by layer")
+    run.set_defaults(func=cmd_run)
+    layers = sub.add_parser("layers", help="list the supported Caffe layer types")
+    layers.set_defaults(func=cmd_layers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from caffenorm.errors import CaffeNormError
+
+    args = _parser().parse_args(argv)
+
+    def show(message: Warning | str, *_: Any, **__: Any) -> None:
+        print(f"caffenorm: warning: {message}", file=sys.stderr)
+
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = show
+            return int(args.func(args))
+    except CaffeNormError as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"caffenorm: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

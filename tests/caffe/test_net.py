@@ -1,0 +1,226 @@
+"""The Net machinery: file reading, upgrades, phase rules, wiring checks, weights, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from netutil import write_model
+from reference import caffe_ref as ref
+
+import caffenorm
+from caffenorm.caffe import io
+
+NORM_NET = """name: "norms"
+input: "data"
+input_shape { dim: 2 dim: 4 dim: 5 dim: 5 }
+layer { name: "lrn" type: "LRN" bottom: "data" top: "lrn" lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 k: 2 } }
+layer { name: "bn" type: "BatchNorm" bottom: "lrn" top: "lrn" }
+layer { name: "scale" type: "Scale" bottom: "lrn" top: "lrn" scale_param { bias_term: true } }
+layer { name: "norm" type: "Normalize" bottom: "lrn" top: "out"
+        norm_param { across_spatial: false channel_shared: false scale_filler { type: "constant" value: 20 } } }
+"""
+
+
+def _weights(seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "bn": [rng.standard_normal(4), rng.uniform(1, 2, 4), [2.5]],
+        "scale": [rng.uniform(0.5, 2, 4), rng.standard_normal(4)],
+        "norm": [rng.uniform(5, 20, 4)],
+    }
+
+
+def _reference(x, w):
+    y = ref.lrn(x, 3, 0.5, 0.75, 2.0)
+    y = ref.batch_norm(y, w["bn"][0], w["bn"][1], w["bn"][2][0], use_global_stats=True)[0]
+    y = ref.scale(y, w["scale"][0], 1, w["scale"][1])
+    return ref.normalize(y, w["norm"][0], across_spatial=False)
+
+
+def test_net_matches_the_layer_references_blob_for_blob(tmp_path):
+    w = _weights()
+    proto, model = write_model(tmp_path, NORM_NET, w)
+    net = caffenorm.load(proto, model)
+    x = np.random.default_rng(1).standard_normal((3, 4, 6, 7))  # another batch and spatial size
+    out = net(torch.tensor(x, dtype=torch.float64).float())
+    np.testing.assert_allclose(out["out"].detach().numpy(), _reference(x.astype(np.float32), w), rtol=2e-5, atol=2e-5)
+    assert net.outputs == ["out"] and net.inputs == ["data"]
+    # In-place chain: the blob holds the last value written (the Scale's output).
+    assert set(net.blobs) == {"data", "lrn", "out"}
+    assert [tuple(b.shape) for b in net.params["bn"]] == [(4,), (4,), (1,)]
+    assert net.params["scale"][0] is net.layer("scale").weight
+
+
+def test_save_then_load_gives_identical_outputs(tmp_path):
+    proto, model = write_model(tmp_path, NORM_NET, _weights())
+    net = caffenorm.load(proto, model)
+    net.save(tmp_path / "again.prototxt", tmp_path / "again.caffemodel")
+    again = caffenorm.load(tmp_path / "again.prototxt", tmp_path / "again.caffemodel")
+    x = torch.randn(2, 4, 5, 5)
+    assert torch.equal(net(x)["out"], again(x)["out"])
+
+
+def test_train_phase_uses_batch_statistics_and_updates_blobs(tmp_path):
+    proto, model = write_model(tmp_path, NORM_NET, _weights())
+    net = caffenorm.load(proto, model, phase="train")
+    assert net.training and net.phase == "TRAIN"
+    before = net.params["bn"][2].item()
+    out = net(torch.randn(2, 4, 5, 5))["out"]
+    out.sum().backward()
+    assert net.params["bn"][2].item() == pytest.approx(0.999 * before + 1)
+    assert net.params["scale"][0].grad is not None and net.params["norm"][0].grad is not None
+
+
+def test_gradcheck_through_the_net(tmp_path):
+    proto, model = write_model(tmp_path, NORM_NET, _weights())
+    net = caffenorm.load(proto, model).double()
+    x = torch.randn(1, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: net(t)["out"], (x,))
+
+
+def test_v1_layers_and_legacy_input_dim_are_upgraded(tmp_path):
+    text = """name: "v1"
+input: "data"
+input_dim: 1 input_dim: 3 input_dim: 4 input_dim: 4
+layers { name: "norm1" type: LRN bottom: "data" top: "norm1" lrn_param { local_size: 3 alpha: 0.1 beta: 0.75 } }
+layers { name: "norm2" type: LRN bottom: "norm1" top: "norm2"
+         lrn_param { local_size: 3 alpha: 0.1 norm_region: WITHIN_CHANNEL } }
+"""
+    proto = tmp_path / "v1.prototxt"
+    proto.write_text(text)
+    net = caffenorm.load(proto)
+    assert net.input_shapes == {"data": (1, 3, 4, 4)}
+    x = np.random.default_rng(0).standard_normal((1, 3, 4, 4))
+    expected = ref.lrn(ref.lrn(x, 3, 0.1, 0.75, 1.0), 3, 0.1, 0.75, 1.0, "WITHIN_CHANNEL")
+    np.testing.assert_allclose(net(torch.tensor(x).float())["norm2"].detach().numpy(), expected, rtol=2e-5, atol=1e-6)
+
+
+def test_include_exclude_rules_select_the_phase(tmp_path):
+    text = """input: "data" input_shape { dim: 1 dim: 2 dim: 3 dim: 3 }
+layer { name: "a" type: "LRN" bottom: "data" top: "a" include { phase: TRAIN } }
+layer { name: "b" type: "LRN" bottom: "data" top: "b" include { phase: TEST } }
+layer { name: "c" type: "LRN" bottom: "data" top: "c" exclude { stage: "deploy" } }
+"""
+    proto = tmp_path / "rules.prototxt"
+    proto.write_text(text)
+    assert caffenorm.load(proto).outputs == ["b", "c"]
+    assert caffenorm.load(proto, phase="train").outputs == ["a", "c"]
+    assert caffenorm.load(proto, stages=["deploy"]).outputs == ["b"]
+
+
+def test_prototxt_syntax_error_names_file_line_and_column(tmp_path):
+    proto = tmp_path / "bad.prototxt"
+    proto.write_text('name: "x"\nlayer {\n  name: "a"\n  type: "LRN"\n  lrn_param { local_size: 3 alpah: 1 }\n}\n')
+    with pytest.raises(caffenorm.PrototxtSyntaxError, match=r"bad\.prototxt:5:\d+: .*alpah"):
+        caffenorm.load(proto)
+
+
+def test_unsupported_layer_names_the_layer_and_its_line(tmp_path):
+    proto = tmp_path / "u.prototxt"
+    proto.write_text('input: "d" input_shape { dim: 1 dim: 2 }\n\nlayer { name: "odd" type: "Frobnicate" bottom: "d" top: "e" }\n')
+    with pytest.raises(caffenorm.UnsupportedLayerError, match=r"u\.prototxt:3: layer 'odd' \(Frobnicate\).*supported types: .*LRN"):
+        caffenorm.load(proto)
+
+
+def test_bottom_that_no_layer_produces(tmp_path):
+    proto = tmp_path / "w.prototxt"
+    proto.write_text('input: "d" input_shape { dim: 1 dim: 2 dim: 2 dim: 2 }\nlayer { name: "a" type: "LRN" bottom: "nope" top: "a" }\n')
+    with pytest.raises(caffenorm.NetDefinitionError, match=r"w\.prototxt:2: layer 'a' \(LRN\): bottom 'nope' is not produced"):
+        caffenorm.load(proto)
+
+
+def test_bottom_produced_only_later(tmp_path):
+    proto = tmp_path / "w.prototxt"
+    proto.write_text(
+        'input: "d" input_shape { dim: 1 dim: 2 dim: 2 dim: 2 }\n'
+        'layer { name: "a" type: "LRN" bottom: "b" top: "a" }\n'
+        'layer { name: "b" type: "LRN" bottom: "d" top: "b" }\n'
+    )
+    with pytest.raises(caffenorm.NetDefinitionError, match=r"bottom 'b' is only produced later, by .*:3: layer 'b'"):
+        caffenorm.load(proto)
+
+
+def test_two_layers_writing_one_blob_not_in_place(tmp_path):
+    proto = tmp_path / "w.prototxt"
+    proto.write_text(
+        'input: "d" input_shape { dim: 1 dim: 2 dim: 2 dim: 2 }\n'
+        'layer { name: "a" type: "LRN" bottom: "d" top: "x" }\n'
+        'layer { name: "b" type: "LRN" bottom: "d" top: "x" }\n'
+    )
+    with pytest.raises(caffenorm.NetDefinitionError, match=r"top 'x' is already produced by .*layer 'a'"):
+        caffenorm.load(proto)
+
+
+def test_absurd_input_dimensions_are_refused_before_allocating(tmp_path):
+    proto = tmp_path / "big.prototxt"
+    proto.write_text(NORM_NET.replace("dim: 2 dim: 4 dim: 5 dim: 5", "dim: 100000 dim: 4 dim: 100000 dim: 100000"))
+    with pytest.raises(caffenorm.NetDefinitionError, match=r"input 'data' of shape .* elements \(limit"):
+        caffenorm.load(proto)
+
+
+def test_weight_blob_of_the_wrong_shape_names_layer_and_file(tmp_path):
+    w = _weights()
+    w["scale"][0] = np.ones(5)
+    proto, model = write_model(tmp_path, NORM_NET, w)
+    with pytest.raises(caffenorm.BlobError, match=r"layer 'scale' \(Scale\): weights from .*net\.caffemodel.*blob 0 \(weight\) has shape \(5,\)"):
+        caffenorm.load(proto, model)
+
+
+def test_missing_weights_are_an_error_unless_not_strict(tmp_path):
+    w = _weights()
+    del w["norm"]
+    proto, model = write_model(tmp_path, NORM_NET, w)
+    with pytest.raises(caffenorm.CaffemodelError, match="no weights for 1 layer.*norm"):
+        caffenorm.load(proto, model)
+    with pytest.warns(UserWarning, match="keep the prototxt's fillers"):
+        net = caffenorm.load(proto, model, strict=False)
+    assert torch.equal(net.params["norm"][0].detach(), torch.full((4,), 20.0))
+
+
+def test_unused_weights_are_reported(tmp_path):
+    extra = NORM_NET + 'layer { name: "ghost" type: "Scale" bottom: "out" top: "ghost" include { phase: TRAIN } }\n'
+    w = _weights()
+    w["ghost"] = [np.ones(4)]
+    proto, model = write_model(tmp_path, extra, w)
+    proto.write_text(NORM_NET)  # the deploy prototxt has no 'ghost' layer
+    with pytest.warns(UserWarning, match="match no layer of this net.*ghost"):
+        net = caffenorm.load(proto, model)
+    assert net.unused_weights == ["ghost"]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "text", "empty"])
+def test_broken_caffemodel_is_a_clear_error(tmp_path, damage):
+    proto, model = write_model(tmp_path, NORM_NET, _weights())
+    raw = model.read_bytes()
+    broken = {
+        "truncate": raw[: len(raw) // 2],
+        "garbage": raw[:10] + bytes(range(256)) * 4,
+        "text": NORM_NET.encode(),
+        "empty": b"",
+    }[damage]
+    model.write_bytes(broken)
+    with pytest.raises((caffenorm.CaffemodelError, caffenorm.BlobError), match="net.caffemodel"):
+        caffenorm.load(proto, model)
+
+
+def test_missing_files_are_clear_errors(tmp_path):
+    with pytest.raises(caffenorm.ModelFileError, match="no such prototxt"):
+        caffenorm.load(tmp_path / "nope.prototxt")
+    proto, _ = write_model(tmp_path, NORM_NET, _weights())
+    with pytest.raises(caffenorm.ModelFileError, match="no such caffemodel"):
+        caffenorm.load(proto, tmp_path / "nope.caffemodel")
+
+
+def test_forward_input_errors_name_the_inputs(tmp_path):
+    proto, model = write_model(tmp_path, NORM_NET, _weights())
+    net = caffenorm.load(proto, model)
+    with pytest.raises(caffenorm.InputShapeError, match=r"inputs are: data \(2, 4, 5, 5\); missing \['data'\]"):
+        net(other=torch.randn(2, 4, 5, 5))
+    with pytest.raises(caffenorm.InputShapeError, match=r"layer 'bn' \(BatchNorm\).*3 channels"):
+        net(torch.randn(2, 3, 5, 5))
+
+
+def test_layer_lines_skip_strings_and_comments():
+    text = 'name: "layer {"\n# layer { in a comment\nlayer {\n  name: "a"\n}\n\nlayers { name: "b" }\n'
+    assert io.layer_lines(text) == [3, 7]
