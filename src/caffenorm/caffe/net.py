@@ -282,12 +282,7 @@ class Net(nn.Module):
             value = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
         if not isinstance(value, Tensor):
             raise InputShapeError(f"input {name!r} must be a tensor or numpy array, got {type(value).__name__}")
-        declared = self.input_shapes.get(name)
-        if declared is not None and value.dim() != len(declared):
-            raise InputShapeError(
-                f"input {name!r} has shape {tuple(value.shape)}; the net declares {declared} "
-                f"({len(declared)} dimensions)"
-            )
+        # Like reshaping a Caffe input blob, any shape is accepted; each layer checks what it needs.
         return value
 
     # -- Caffe's views ------------------------------------------------------------------------------
