@@ -50,6 +50,15 @@ class _ConvBase(CaffeLayer):
         bias_term: bool = True,
     ) -> None:
         super().__init__()
+        if min(channels, num_output, group, *kernel_size, *stride, *dilation) < 1 or min(pad) < 0:
+            raise LayerConfigError(
+                f"{self.caffe_type}: channels={channels}, num_output={num_output}, group={group}, kernel_size="
+                f"{kernel_size}, stride={stride}, dilation={dilation} must be >= 1 and pad={pad} >= 0"
+            )
+        if channels % group or num_output % group:
+            raise LayerConfigError(
+                f"{self.caffe_type}: channels={channels} and num_output={num_output} must be multiples of group={group}"
+            )
         self.channels, self.num_output, self.group = int(channels), int(num_output), int(group)
         self.kernel_size, self.stride = tuple(kernel_size), tuple(stride)
         self.pad, self.dilation = tuple(pad), tuple(dilation)
