@@ -28,6 +28,7 @@ __all__ = [
     "BuildContext",
     "Converter",
     "get_converter",
+    "layer_table",
     "register_layer",
     "supported_layers",
 ]
@@ -108,6 +109,17 @@ def supported_layers() -> list[str]:
     """Every Caffe layer type caffenorm can build, sorted."""
     _load_families()
     return sorted(_CONVERTERS)
+
+
+def layer_table() -> list[tuple[str, str, str]]:
+    """(Caffe type, family module, first line of the converter's docstring) for every type."""
+    _load_families()
+    rows = []
+    for caffe_type in sorted(_CONVERTERS):
+        fn = _CONVERTERS[caffe_type]
+        summary = (fn.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        rows.append((caffe_type, fn.__module__.rsplit(".", 1)[-1], " ".join(summary.split())))
+    return rows
 
 
 def get_converter(layer: LayerSpec) -> Converter:

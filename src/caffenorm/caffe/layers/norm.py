@@ -18,6 +18,7 @@ __all__ = ["convert_batch_norm", "convert_bias", "convert_lrn", "convert_normali
 
 @register_layer("LRN")
 def convert_lrn(layer: LayerSpec, ctx: BuildContext) -> LRN:
+    """ACROSS_CHANNELS with ``k``; WITHIN_CHANNEL with ``k`` ignored and the n*n divisor (padding counted)."""
     ctx.require_bottoms(1)
     p = layer.param.lrn_param
     if p.engine == p.CUDNN and p.norm_region == p.WITHIN_CHANNEL:
@@ -29,6 +30,8 @@ def convert_lrn(layer: LayerSpec, ctx: BuildContext) -> LRN:
 
 @register_layer("BatchNorm")
 def convert_batch_norm(layer: LayerSpec, ctx: BuildContext) -> BatchNorm:
+    """Stored sums divided by the scale factor (0 -> zero statistics, no NaN); batch statistics and
+    Caffe's blob updates in TRAIN unless ``use_global_stats`` says otherwise; any (N, C, ...) bottom."""
     ctx.require_bottoms(1)
     shape = ctx.shape(0)
     if len(shape) < 2:
@@ -52,6 +55,8 @@ def _blob_shape(ctx: BuildContext, shape: tuple[int, ...], axis: int, num_axes: 
 
 @register_layer("Scale")
 def convert_scale(layer: LayerSpec, ctx: BuildContext) -> Scale:
+    """Any ``axis``/``num_axes`` (0: scalar blob, -1: to the end), ``bias_term``, the two-bottom form
+    (blobs ``[bias]`` only), and Caffe's filler defaults (no filler: 1; a filler without value: 0)."""
     ctx.require_bottoms(1, 2)
     p = layer.param.scale_param
     if len(layer.bottoms) == 2:
@@ -70,6 +75,7 @@ def convert_scale(layer: LayerSpec, ctx: BuildContext) -> Scale:
 
 @register_layer("Bias")
 def convert_bias(layer: LayerSpec, ctx: BuildContext) -> Bias:
+    """Scale's axis rules for an added blob, or the two-bottom form."""
     ctx.require_bottoms(1, 2)
     p = layer.param.bias_param
     if len(layer.bottoms) == 2:
@@ -83,6 +89,8 @@ def convert_bias(layer: LayerSpec, ctx: BuildContext) -> Bias:
 
 @register_layer("Normalize")
 def convert_normalize(layer: LayerSpec, ctx: BuildContext) -> Normalize:
+    """SSD's ``norm_param``: eps inside the sqrt, ``across_spatial``, ``channel_shared`` (blob ``()``
+    or ``(C,)``), ``scale_filler`` (default 1)."""
     ctx.require_bottoms(1)
     shape = ctx.shape(0)
     if not 2 <= len(shape) <= 4:
