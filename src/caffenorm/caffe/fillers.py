@@ -14,7 +14,14 @@ from torch import Tensor
 
 from caffenorm.errors import LayerConfigError
 
-__all__ = ["fill"]
+__all__ = ["FILLER_TYPES", "check_filler", "fill"]
+
+FILLER_TYPES = ("constant", "uniform", "gaussian", "positive_unitball", "xavier", "msra", "bilinear")
+
+
+def check_filler(filler: Message) -> None:
+    if filler.type not in FILLER_TYPES:
+        raise LayerConfigError(f"filler type {filler.type!r} is not supported; use {', '.join(FILLER_TYPES)}")
 
 
 def _fans(t: Tensor) -> tuple[float, float]:
@@ -62,7 +69,4 @@ def fill(t: Tensor, filler: Message, generator: torch.Generator) -> None:
         w = 1 - torch.abs(x / f - c)
         t.copy_((w.view(-1, 1) * w.view(1, -1)).expand_as(t))
     else:
-        raise LayerConfigError(
-            f"filler type {kind!r} is not supported; use constant, uniform, gaussian, positive_unitball, "
-            "xavier, msra or bilinear"
-        )
+        check_filler(filler)

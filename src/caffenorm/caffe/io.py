@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from google.protobuf import text_format
@@ -21,6 +23,7 @@ __all__ = [
     "array_to_blob",
     "blob_shape",
     "blob_to_array",
+    "iter_caffemodel_layers",
     "layer_lines",
     "parse_prototxt",
     "read_caffemodel",
@@ -32,13 +35,17 @@ __all__ = [
 PathLike = str | os.PathLike[str]
 
 
-def _read(path: PathLike, what: str, mode: str = "rb") -> bytes:
+def _read(path: PathLike, what: str, probe: bool = False) -> bytes:
+    """The file's bytes (nothing with ``probe``: only check it can be opened)."""
     p = Path(path)
     if not p.exists():
         raise ModelFileError(f"{p}: no such {what} file")
     if p.is_dir():
         raise ModelFileError(f"{p}: is a directory, expected a {what} file")
     try:
+        if probe:
+            with p.open("rb"):
+                return b""
         return p.read_bytes()
     except OSError as err:
         raise ModelFileError(f"{p}: cannot read the {what}: {err.strerror or err}") from None
@@ -115,6 +122,70 @@ def read_caffemodel(path: PathLike) -> Message:
     if not net.layer and not net.layers:
         raise CaffemodelError(f"{path}: parsed as a caffemodel but holds no layers (empty or not a caffemodel)")
     return net
+
+
+def _varint(f: BinaryIO, path: PathLike) -> int | None:
+    """One base-128 varint from ``f``; ``None`` at a clean end of file."""
+    value, shift = 0, 0
+    while True:
+        byte = f.read(1)
+        if not byte:
+            if shift:
+                raise CaffemodelError(f"{path}: ends in the middle of a field (truncated caffemodel)")
+            return None
+        value |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return value
+        shift += 7
+        if shift > 63:
+            raise CaffemodelError(f"{path}: not a binary caffemodel (malformed field header)")
+
+
+_LAYER_FIELDS = {100: "LayerParameter", 2: "V1LayerParameter"}  # NetParameter.layer / .layers
+
+
+def iter_caffemodel_layers(path: PathLike) -> Iterator[Message]:
+    """Yield the layer entries of a ``.caffemodel`` one at a time (V2 ``LayerParameter`` or V1
+    ``V1LayerParameter`` messages), so only one layer's blobs are in memory at once.
+
+    protobuf parses every message; only the top-level framing of ``NetParameter`` (each field's
+    number and length) is walked here, to read one ``layer`` entry at a time from the file.
+    """
+    p = Path(path)
+    _read(p, "caffemodel", probe=True)
+    count = 0
+    with p.open("rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        while True:
+            key = _varint(f, p)
+            if key is None:
+                break
+            field, wire = key >> 3, key & 7
+            if wire == 2:
+                length = _varint(f, p)
+                if length is None or f.tell() + length > size:
+                    raise CaffemodelError(f"{p}: truncated: a field runs past the end of the file (layer {count})")
+                if field in _LAYER_FIELDS:
+                    message = schema.message_class(_LAYER_FIELDS[field])()
+                    try:
+                        message.ParseFromString(f.read(length))
+                    except (DecodeError, RuntimeError, ValueError) as err:
+                        raise CaffemodelError(f"{p}: layer entry {count} is corrupted: {err}") from None
+                    count += 1
+                    yield message
+                else:
+                    f.seek(length, os.SEEK_CUR)
+            elif wire == 0 and field:
+                _varint(f, p)
+            elif wire in (1, 5) and field:
+                f.seek(8 if wire == 1 else 4, os.SEEK_CUR)
+            else:
+                f.seek(0)
+                looks_text = f.read(200).lstrip().startswith((b"name", b"layer", b"input", b"#"))
+                hint = "it looks like a text prototxt" if looks_text else "corrupted, or another format"
+                raise CaffemodelError(f"{p}: not a binary caffemodel ({hint})")
+    if not count:
+        raise CaffemodelError(f"{p}: holds no layers (empty, or not a caffemodel)")
 
 
 def write_prototxt(net: Message, path: PathLike) -> None:

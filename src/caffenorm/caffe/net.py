@@ -22,7 +22,8 @@ from caffenorm.caffe import io, schema
 from caffenorm.caffe.layers.input import InputLayer
 from caffenorm.caffe.registry import BuildContext, get_converter
 from caffenorm.caffe.spec import LayerSpec, layer_specs, parse_phase
-from caffenorm.caffe.upgrade import upgrade_net
+from caffenorm.caffe.fillers import fill
+from caffenorm.caffe.upgrade import upgrade_layer, upgrade_net
 from caffenorm.errors import (
     BlobError,
     CaffemodelError,
@@ -82,6 +83,7 @@ class Net(nn.Module):
         phase: str,
         input_shapes: Mapping[str, Sequence[int]] | None = None,
         seed: int = 0,
+        defer_fillers: bool = False,
     ) -> None:
         super().__init__()
         self.phase = parse_phase(phase)
@@ -96,19 +98,23 @@ class Net(nn.Module):
         self.layer_outputs: dict[str, tuple[Tensor, ...]] = {}
         self.unused_weights: list[str] = []
         overrides = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
-        generator = torch.Generator().manual_seed(seed)
+        self._generator = torch.Generator().manual_seed(seed)
+        # With a caffemodel coming, fillers run only for the layers it has no weights for.
+        self._deferred_fills: dict[str, list[tuple[Tensor, Message]]] = {}
         shapes: dict[str, tuple[int, ...] | None] = {}
         producer: dict[str, LayerSpec] = {}
         later = {top: s for s in reversed(self._specs) for top in s.tops}
         for spec in self._specs:
             self._check_wiring(spec, producer, later)
             bottom_shapes = [shapes[b] for b in spec.bottoms]
-            ctx = BuildContext(spec, bottom_shapes, self.phase, generator)
+            ctx = BuildContext(spec, bottom_shapes, self.phase, self._generator, [] if defer_fillers else None)
             try:
                 module = get_converter(spec)(spec, ctx)
             except CaffeNormError as err:
                 raise _wrap(spec, err, bottom_shapes) from None
             key = self._add(spec, module)
+            if ctx.deferred_fills:
+                self._deferred_fills[spec.name] = ctx.deferred_fills
             if isinstance(module, InputLayer):
                 if len(module.shapes) != len(spec.tops):
                     raise NetDefinitionError(
@@ -173,6 +179,8 @@ class Net(nn.Module):
     def _infer(self, spec: LayerSpec, module: CaffeLayer, shapes: list[tuple[int, ...] | None]) -> list[Any]:
         if any(s is None for s in shapes) or not getattr(module, "shape_inference", True):
             return [None] * len(spec.tops)
+        if module.same_shape:  # element-wise layers: no need to run anything
+            return [shapes[0]] * len(spec.tops)
         try:
             tops = _meta_shapes(module, shapes)  # type: ignore[arg-type]
         except CaffeNormError as err:
@@ -204,25 +212,28 @@ class Net(nn.Module):
         keep their fillers, with a warning); caffemodel layers with blobs that match no layer are
         listed in ``unused_weights`` and warned about.
         """
-        weights = io.read_caffemodel(path)
-        upgrade_net(weights, str(path))
-        by_name = {layer.name: layer for layer in weights.layer}
-        missing = []
-        pairs = list(zip(self._specs, self._keys))
-        for spec, key in progress(pairs) if progress else pairs:
-            module = self.layers[key]
-            source = by_name.pop(spec.name, None)
-            if source is None or not len(source.blobs):
-                if module.caffe_blobs():
-                    missing.append(spec.name)
+        modules = {spec.name: (spec, self.layers[key]) for spec, key in zip(self._specs, self._keys)}
+        loaded, unused = set(), []
+        layers = io.iter_caffemodel_layers(path)
+        for index, entry in enumerate(progress(layers) if progress else layers):
+            layer = upgrade_layer(entry, f"{path}: layer entry {index}")
+            if not len(layer.blobs):
                 continue
-            arrays = [io.blob_to_array(b, f"{path}: layer {spec.name!r} blob {i}") for i, b in enumerate(source.blobs)]
-            source.ClearField("blobs")  # free the protobuf copy as we go
+            if layer.name not in modules:
+                unused.append(layer.name)
+                continue
+            spec, module = modules[layer.name]
+            arrays = [io.blob_to_array(b, f"{path}: layer {spec.name!r} blob {i}") for i, b in enumerate(layer.blobs)]
+            del layer, entry  # one layer's blobs in memory at a time
             try:
                 module.load_caffe_blobs(arrays)
             except BlobError as err:
                 raise BlobError(f"{spec.where()}: weights from {path}: {err}") from None
-        self.unused_weights = [name for name, layer in by_name.items() if len(layer.blobs)]
+            loaded.add(spec.name)
+        missing = [name for name, (_, m) in modules.items() if m.caffe_blobs() and name not in loaded]
+        self._apply_fills(missing)
+        self._deferred_fills.clear()
+        self.unused_weights = unused
         if missing:
             message = (
                 f"{path}: has no weights for {len(missing)} layer(s) that need them: {', '.join(missing)} "
@@ -237,6 +248,14 @@ class Net(nn.Module):
                 f"unused: {', '.join(self.unused_weights)}",
                 stacklevel=2,
             )
+
+    def _apply_fills(self, names: Iterable[str]) -> None:
+        """Run the deferred fillers of the layers ``names``, in net order (so seeds reproduce)."""
+        wanted = set(names)
+        for spec in self._specs:
+            if spec.name in wanted:
+                for tensor, filler in self._deferred_fills.get(spec.name, ()):
+                    fill(tensor, filler, self._generator)
 
     # -- running ------------------------------------------------------------------------------------
 
@@ -362,7 +381,7 @@ def load(
     specs = layer_specs(net_param, lines, str(path), phase, level, stages)
     if not specs:
         raise NetDefinitionError(f"{path}: no layers for phase {parse_phase(phase)}")
-    net = Net(net_param, specs, phase, input_shapes=input_shapes, seed=seed)
+    net = Net(net_param, specs, phase, input_shapes=input_shapes, seed=seed, defer_fillers=caffemodel is not None)
     if caffemodel is not None:
         net.load_caffemodel(caffemodel, strict=strict, progress=progress)
     return net

@@ -18,7 +18,7 @@ import torch
 from google.protobuf.message import Message
 from torch import Tensor
 
-from caffenorm.caffe.fillers import fill
+from caffenorm.caffe.fillers import check_filler, fill
 from caffenorm.caffe.spec import LayerSpec
 from caffenorm.errors import CaffeNormError, NetDefinitionError, UnsupportedLayerError
 from caffenorm.nn._base import CaffeLayer
@@ -47,6 +47,8 @@ class BuildContext:
     bottom_shapes: Sequence[tuple[int, ...] | None]
     phase: str
     generator: torch.Generator = field(default_factory=torch.Generator)
+    # When set, fills are recorded here instead of run (weights will come from a caffemodel).
+    deferred_fills: list[tuple[Tensor, Message]] | None = None
 
     def error(self, message: str, cls: type[CaffeNormError] = NetDefinitionError) -> CaffeNormError:
         return cls(f"{self.layer.where()}: {message}")
@@ -79,11 +81,16 @@ class BuildContext:
 
     def fill(self, tensor: Tensor, filler: Message | None) -> None:
         """Initialise ``tensor`` in place from a Caffe ``FillerParameter`` (as Caffe would on setup)."""
-        if filler is not None:
-            try:
+        if filler is None:
+            return
+        try:
+            if self.deferred_fills is not None:
+                check_filler(filler)
+                self.deferred_fills.append((tensor, filler))
+            else:
                 fill(tensor, filler, self.generator)
-            except CaffeNormError as err:
-                raise self.error(str(err), type(err)) from None
+        except CaffeNormError as err:
+            raise self.error(str(err), type(err)) from None
 
 
 Converter = Callable[[LayerSpec, BuildContext], CaffeLayer]

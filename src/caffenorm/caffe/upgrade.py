@@ -9,7 +9,7 @@ from google.protobuf.message import Message
 from caffenorm.caffe import schema
 from caffenorm.errors import NetDefinitionError, UnsupportedLayerError
 
-__all__ = ["V1_TYPES", "upgrade_net"]
+__all__ = ["V1_TYPES", "upgrade_layer", "upgrade_net"]
 
 # V1LayerParameter.LayerType enum name -> V2 type string (Caffe's UpgradeV1LayerType).
 V1_TYPES: dict[str, str] = {
@@ -57,6 +57,15 @@ def _v1_to_v2(v1: Message, out: Message, where: str) -> None:
     for field, value in v1.ListFields():
         if field.name.endswith("_param"):
             getattr(out, field.name).CopyFrom(value)
+
+
+def upgrade_layer(layer: Message, where: str) -> Message:
+    """A V2 ``LayerParameter`` for ``layer`` (returned as is if it already is one)."""
+    if layer.DESCRIPTOR.name == "LayerParameter":
+        return layer
+    out = schema.LayerParameter()
+    _v1_to_v2(layer, out, where)
+    return out
 
 
 def _upgrade_input(net: Message, source: str) -> None:

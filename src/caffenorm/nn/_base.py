@@ -37,6 +37,9 @@ class CaffeLayer(nn.Module):
     """Base of the layer modules: ``caffe_blobs()`` / ``load_caffe_blobs()`` in Caffe's blob order."""
 
     caffe_type: str = ""
+    # True for element-wise layers whose output has the first input's shape: a net then infers
+    # their output shape without running them.
+    same_shape: bool = False
 
     def caffe_blobs(self) -> list[Tensor]:
         """The layer's blobs in Caffe's order and shapes: the parameters and buffers themselves."""

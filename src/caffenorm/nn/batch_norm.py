@@ -56,6 +56,7 @@ class BatchNorm(CaffeLayer):
     """
 
     caffe_type = "BatchNorm"
+    same_shape = True
     mean_sum: Tensor
     var_sum: Tensor
     scale_factor: Tensor
@@ -133,6 +134,7 @@ class BatchNormScale(CaffeLayer):
     """
 
     caffe_type = "BatchNorm+Scale"
+    same_shape = True
 
     def __init__(self, batch_norm: BatchNorm, scale: Scale) -> None:
         super().__init__()

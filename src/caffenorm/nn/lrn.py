@@ -52,6 +52,7 @@ class LRN(CaffeLayer):
     """
 
     caffe_type = "LRN"
+    same_shape = True
 
     def __init__(
         self,

@@ -50,6 +50,7 @@ class Normalize(CaffeLayer):
     """
 
     caffe_type = "Normalize"
+    same_shape = True
 
     def __init__(
         self,

@@ -66,6 +66,7 @@ class Scale(CaffeLayer):
     """
 
     caffe_type = "Scale"
+    same_shape = True
 
     def __init__(
         self,
@@ -140,6 +141,7 @@ class Bias(CaffeLayer):
     """
 
     caffe_type = "Bias"
+    same_shape = True
 
     def __init__(
         self,

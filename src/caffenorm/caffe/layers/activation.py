@@ -66,6 +66,8 @@ def _caffe_zero(y: Tensor) -> Tensor:
 class _Neuron(CaffeLayer):
     """An elementwise layer without blobs: one bottom, one top of the same shape."""
 
+    same_shape = True
+
     def _settings(self) -> dict[str, object]:
         return {}
 
@@ -78,7 +80,8 @@ class ReLU(_Neuron):
 
     The gradient is ``1`` for ``x > 0`` and ``negative_slope`` for ``x <= 0`` (Caffe's rule at 0,
     where ReLU chains and padding put many values).  A ``-inf`` input gives NaN (``0 * -inf``),
-    as Caffe's CPU and GPU kernels do (``torch.relu`` gives 0).
+    as Caffe's CPU and GPU kernels do (``torch.relu`` gives 0).  A negative input gives ``-0.0``
+    where Caffe gives ``+0.0``: equal as numbers, and not worth a second pass on the hottest layer.
     """
 
     caffe_type = "ReLU"
@@ -89,7 +92,7 @@ class ReLU(_Neuron):
 
     def forward(self, x: Tensor) -> Tensor:
         # leaky_relu is Caffe's GPU kernel, x > 0 ? x : x * slope, with the same subgradient.
-        return _caffe_zero(F.leaky_relu(x, self.negative_slope))
+        return F.leaky_relu(x, self.negative_slope)
 
     def _settings(self) -> dict[str, object]:
         return {"negative_slope": self.negative_slope}
@@ -108,6 +111,7 @@ class PReLU(CaffeLayer):
     """
 
     caffe_type = "PReLU"
+    same_shape = True
 
     def __init__(self, channels: int | None = None, channel_shared: bool = False) -> None:
         super().__init__()
@@ -264,6 +268,7 @@ class Softmax(_Neuron):
     ``exp(x - max) / sum(exp(x - max))``, the max subtracted for stability as Caffe does."""
 
     caffe_type = "Softmax"
+    same_shape = False  # run it at load time too: that checks the axis against the bottom
 
     def __init__(self, axis: int = 1) -> None:
         super().__init__()

@@ -20,6 +20,9 @@ __all__ = ["convert_batch_norm", "convert_bias", "convert_lrn", "convert_normali
 def convert_lrn(layer: LayerSpec, ctx: BuildContext) -> LRN:
     """ACROSS_CHANNELS with ``k``; WITHIN_CHANNEL with ``k`` ignored and the n*n divisor (padding counted)."""
     ctx.require_bottoms(1)
+    shape = ctx.shape(0)
+    if len(shape) != 4:
+        raise ctx.error(f"needs a 4-D (N, C, H, W) bottom, as Caffe's LRN does; got shape {shape}")
     p = layer.param.lrn_param
     if p.engine == p.CUDNN and p.norm_region == p.WITHIN_CHANNEL:
         # Caffe's cuDNN WITHIN path (cudnnDivisiveNormalization) uses k; CPU Caffe does not.
