@@ -155,9 +155,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     import torch
 
     proto, weights = _model_args(args)
+    net = _load(args, proto, weights)
     if weights is None:
         print("(no caffemodel: weights come from the prototxt's fillers)")
-    net = _load(args, proto, weights)
     inputs = {}
     rng = np.random.default_rng(args.seed)
     for name in net.inputs:

@@ -1,0 +1,84 @@
+"""The caffenorm command, run in-process through ``cli.main``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import caffenorm
+from caffenorm.cli import example_model, main
+
+
+def test_run_without_a_model_uses_the_bundled_example(capsys):
+    assert main(["run"]) == 0
+    out = capsys.readouterr().out
+    assert "bundled example" in out and "prob: shape (1, 10)" in out and "sample 0: [" in out
+
+
+def test_bundled_example_uses_every_normalization_layer():
+    net = caffenorm.load(*example_model())
+    types = {s.type for s in net.layer_specs}
+    assert {"LRN", "BatchNorm", "Scale", "Normalize"} <= types
+    regions = {s.param.lrn_param.norm_region for s in net.layer_specs if s.type == "LRN"}
+    assert regions == {0, 1}
+    assert net.params["bn2"][2].item() > 1  # real accumulated statistics, not a fresh layer
+
+
+def test_info_prints_layers_shapes_and_parameter_counts(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "norm1       LRN" in out and "1x16x32x32" in out
+    assert "14,795 parameters" in out and "outputs ['prob']" in out
+
+
+def test_compare_opencv_names_the_first_diverging_blob_and_why(capsys):
+    pytest.importorskip("cv2")
+    assert main(["run", "--compare", "opencv"]) == 0
+    out = capsys.readouterr().out
+    # The example's first LRN has k = 2, which OpenCV's Caffe importer drops; the layers before agree.
+    assert "first blob that diverges: 'norm1' (LRN)" in out
+    assert "ignores LRN's k" in out
+    conv1 = next(line for line in out.splitlines() if line.startswith("conv1 "))
+    assert " ok" in conv1
+
+
+def test_run_reads_npy_and_image_inputs(tmp_path, capsys):
+    proto, model = example_model()
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    assert main(["run", str(proto), str(model), "--input", str(tmp_path / "x.npy")]) == 0
+    out = capsys.readouterr().out
+    assert "input data: shape (2, 3, 32, 32)" in out and "sample 1:" in out
+    cv2 = pytest.importorskip("cv2")
+    image = np.random.default_rng(1).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "x.png"), image)
+    assert main(["run", str(proto), str(model), "--input", str(tmp_path / "x.png"), "--mean", "104,117,123"]) == 0
+    assert "input data: shape (1, 3, 32, 32)" in capsys.readouterr().out
+
+
+def test_errors_are_one_line_without_traceback(tmp_path, capsys):
+    bad = tmp_path / "bad.prototxt"
+    bad.write_text('layer { name: "a" type: "LRN" bottom: "x" top: "y" }\n')
+    assert main(["info", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        f"caffenorm: error: {bad}:1: layer 'a' (LRN): bottom 'x' is not produced by any layer (nor declared as an input)"
+    ]
+    assert main(["--debug", "info", str(bad)]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_info_lists_unsupported_layers(tmp_path, capsys):
+    proto = tmp_path / "u.prototxt"
+    proto.write_text('input: "d" input_shape { dim: 1 dim: 2 }\nlayer { name: "x" type: "Frobnicate" bottom: "d" top: "e" }\n')
+    assert main(["info", str(proto)]) == 1
+    out = capsys.readouterr().out
+    assert "1 unsupported layer(s)" in out and "layer 'x' (Frobnicate)" in out
+
+
+def test_python_dash_m_and_layers_command():
+    out = subprocess.run([sys.executable, "-m", "caffenorm", "layers"], capture_output=True, text=True, check=True).stdout
+    assert {"LRN", "BatchNorm", "Scale", "Bias", "Normalize", "PriorBox", "DetectionOutput"} <= set(out.split())
