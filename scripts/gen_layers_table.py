@@ -19,7 +19,8 @@ START, END = "<!-- layers:start -->", "<!-- layers:end -->"
 def render() -> str:
     lines = ["| Caffe type | family | what caffenorm reproduces |", "|---|---|---|"]
     for caffe_type, family, summary in layer_table():
-        lines.append(f"| `{caffe_type}` | {family} | {summary} |")
+        cell = summary.replace("``", "`").replace("|", "\\|")  # rst literals -> markdown; keep the table intact
+        lines.append(f"| `{caffe_type}` | {family} | {cell} |")
     return "\n".join(lines)
 
 

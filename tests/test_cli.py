@@ -82,3 +82,11 @@ def test_info_lists_unsupported_layers(tmp_path, capsys):
 def test_python_dash_m_and_layers_command():
     out = subprocess.run([sys.executable, "-m", "caffenorm", "layers"], capture_output=True, text=True, check=True).stdout
     assert {"LRN", "BatchNorm", "Scale", "Bias", "Normalize", "PriorBox", "DetectionOutput"} <= set(out.split())
+
+
+def test_readme_layer_table_is_generated_from_the_registry():
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gen_layers_table.py"
+    result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -459,30 +459,35 @@ def convert_prelu(layer: LayerSpec, ctx: BuildContext) -> PReLU:
 
 @register_layer("ELU")
 def convert_elu(layer: LayerSpec, ctx: BuildContext) -> ELU:
+    """``x`` for x > 0, ``alpha * (exp(x) - 1)`` otherwise (``exp - 1`` as Caffe, not ``expm1``)."""
     _one_to_one(layer, ctx)
     return ELU(layer.param.elu_param.alpha)
 
 
 @register_layer("Sigmoid")
 def convert_sigmoid(layer: LayerSpec, ctx: BuildContext) -> Sigmoid:
+    """``1 / (1 + exp(-x))``."""
     _one_to_one(layer, ctx)
     return Sigmoid()
 
 
 @register_layer("TanH")
 def convert_tanh(layer: LayerSpec, ctx: BuildContext) -> TanH:
+    """``tanh(x)``."""
     _one_to_one(layer, ctx)
     return TanH()
 
 
 @register_layer("AbsVal")
 def convert_absval(layer: LayerSpec, ctx: BuildContext) -> AbsVal:
+    """``|x|``, gradient ``sign(x)`` (0 at 0)."""
     _one_to_one(layer, ctx)
     return AbsVal()
 
 
 @register_layer("Power")
 def convert_power(layer: LayerSpec, ctx: BuildContext) -> Power:
+    """``(shift + scale * x) ** power``, with Caffe's constant output when power or scale is 0."""
     _one_to_one(layer, ctx)
     p = layer.param.power_param
     return Power(p.power, p.scale, p.shift)
@@ -505,12 +510,14 @@ def convert_softmax(layer: LayerSpec, ctx: BuildContext) -> Softmax:
 
 @register_layer("BNLL")
 def convert_bnll(layer: LayerSpec, ctx: BuildContext) -> BNLL:
+    """``log(1 + exp(x))``, computed stably as Caffe does."""
     _one_to_one(layer, ctx)
     return BNLL()
 
 
 @register_layer("Exp")
 def convert_exp(layer: LayerSpec, ctx: BuildContext) -> Exp:
+    """``base ** (shift + scale * x)`` (base -1 meaning e)."""
     _one_to_one(layer, ctx)
     p = layer.param.exp_param
     return Exp(p.base, p.scale, p.shift)
@@ -518,6 +525,7 @@ def convert_exp(layer: LayerSpec, ctx: BuildContext) -> Exp:
 
 @register_layer("Log")
 def convert_log(layer: LayerSpec, ctx: BuildContext) -> Log:
+    """``log_base(shift + scale * x)`` (base -1 meaning e; base 1 refused)."""
     _one_to_one(layer, ctx)
     p = layer.param.log_param
     return Log(p.base, p.scale, p.shift)
@@ -525,6 +533,7 @@ def convert_log(layer: LayerSpec, ctx: BuildContext) -> Log:
 
 @register_layer("Threshold")
 def convert_threshold(layer: LayerSpec, ctx: BuildContext) -> Threshold:
+    """``1`` where ``x > threshold``, else ``0``; no gradient."""
     _one_to_one(layer, ctx)
     return Threshold(layer.param.threshold_param.threshold)
 
@@ -542,5 +551,6 @@ def convert_clip(layer: LayerSpec, ctx: BuildContext) -> Clip:
 
 @register_layer("Swish")
 def convert_swish(layer: LayerSpec, ctx: BuildContext) -> Swish:
+    """``x * sigmoid(beta * x)``."""
     _one_to_one(layer, ctx)
     return Swish(layer.param.swish_param.beta)
