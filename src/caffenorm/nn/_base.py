@@ -41,12 +41,16 @@ class CaffeLayer(nn.Module):
     # their output shape without running them.
     same_shape: bool = False
 
+    # Attribute names of the layer's blobs, in Caffe's order; attributes set to None are skipped
+    # (e.g. a bias with bias_term false).
+    blob_attrs: tuple[str, ...] = ()
+
     def caffe_blobs(self) -> list[Tensor]:
         """The layer's blobs in Caffe's order and shapes: the parameters and buffers themselves."""
-        return []
+        return [t for t in (getattr(self, name) for name in self.blob_attrs) if t is not None]
 
     def _blob_names(self) -> list[str]:
-        return []
+        return [name for name in self.blob_attrs if getattr(self, name) is not None]
 
     @torch.no_grad()
     def load_caffe_blobs(self, blobs: Sequence[Any]) -> None:

@@ -56,6 +56,7 @@ class BatchNorm(CaffeLayer):
     """
 
     caffe_type = "BatchNorm"
+    blob_attrs = ("mean_sum", "var_sum", "scale_factor")
     same_shape = True
     mean_sum: Tensor
     var_sum: Tensor
@@ -99,12 +100,6 @@ class BatchNorm(CaffeLayer):
             self.moving_average_fraction,
             self.eps,
         )
-
-    def caffe_blobs(self) -> list[Tensor]:
-        return [self.mean_sum, self.var_sum, self.scale_factor]
-
-    def _blob_names(self) -> list[str]:
-        return ["mean_sum", "var_sum", "scale_factor"]
 
     def extra_repr(self) -> str:
         return (

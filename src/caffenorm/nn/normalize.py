@@ -50,6 +50,7 @@ class Normalize(CaffeLayer):
     """
 
     caffe_type = "Normalize"
+    blob_attrs = ("weight",)
     same_shape = True
 
     def __init__(
@@ -78,12 +79,6 @@ class Normalize(CaffeLayer):
 
     def forward(self, input: Tensor) -> Tensor:
         return normalize(input, self.weight, self.across_spatial, self.eps, self.caffe_backward)
-
-    def caffe_blobs(self) -> list[Tensor]:
-        return [self.weight]
-
-    def _blob_names(self) -> list[str]:
-        return ["scale"]
 
     def extra_repr(self) -> str:
         return (

@@ -66,6 +66,7 @@ class Scale(CaffeLayer):
     """
 
     caffe_type = "Scale"
+    blob_attrs = ("weight", "bias")
     same_shape = True
 
     def __init__(
@@ -112,12 +113,6 @@ class Scale(CaffeLayer):
             _check_learned_span("Scale", input, gamma, self.axis, self.num_axes)
         return scale_fn(input, gamma, self.bias, self.axis)
 
-    def caffe_blobs(self) -> list[Tensor]:
-        return [t for t in (self.weight, self.bias) if t is not None]
-
-    def _blob_names(self) -> list[str]:
-        return [n for n, t in (("weight", self.weight), ("bias", self.bias)) if t is not None]
-
     def extra_repr(self) -> str:
         return (
             f"shape={self.shape}, axis={self.axis}, num_axes={self.num_axes}, bias_term={self.bias_term}, "
@@ -141,6 +136,7 @@ class Bias(CaffeLayer):
     """
 
     caffe_type = "Bias"
+    blob_attrs = ("bias",)
     same_shape = True
 
     def __init__(
@@ -174,12 +170,6 @@ class Bias(CaffeLayer):
             beta = self.bias
             _check_learned_span("Bias", input, beta, self.axis, self.num_axes)
         return bias_fn(input, beta, self.axis)
-
-    def caffe_blobs(self) -> list[Tensor]:
-        return [] if self.bias is None else [self.bias]
-
-    def _blob_names(self) -> list[str]:
-        return [] if self.bias is None else ["bias"]
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}, axis={self.axis}, num_axes={self.num_axes}, bias_from_input={self.bias_from_input}"

@@ -111,6 +111,7 @@ class PReLU(CaffeLayer):
     """
 
     caffe_type = "PReLU"
+    blob_attrs = ("weight",)
     same_shape = True
 
     def __init__(self, channels: int | None = None, channel_shared: bool = False) -> None:
@@ -133,12 +134,6 @@ class PReLU(CaffeLayer):
         # torch.prelu over axis 1: x > 0 ? x : slope * x; its gradients are Caffe's (the slope's
         # is the sum of top_diff * x over x <= 0).
         return _caffe_zero(torch.prelu(x, self.weight.reshape(-1)))
-
-    def caffe_blobs(self) -> list[Tensor]:
-        return [self.weight]
-
-    def _blob_names(self) -> list[str]:
-        return ["weight"]
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, channel_shared={self.channel_shared}"

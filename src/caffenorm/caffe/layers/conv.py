@@ -37,6 +37,7 @@ class _ConvBase(CaffeLayer):
     """What Convolution and Deconvolution share: settings, blobs and the bottom checks."""
 
     transposed = False
+    blob_attrs = ("weight", "bias")
 
     def __init__(
         self,
@@ -69,12 +70,6 @@ class _ConvBase(CaffeLayer):
             shape = (self.num_output, self.channels // self.group, *self.kernel_size)
         self.weight = nn.Parameter(torch.zeros(shape))
         self.bias = nn.Parameter(torch.zeros(self.num_output)) if self.bias_term else None
-
-    def caffe_blobs(self) -> list[Tensor]:
-        return [self.weight] if self.bias is None else [self.weight, self.bias]
-
-    def _blob_names(self) -> list[str]:
-        return ["weight"] if self.bias is None else ["weight", "bias"]
 
     def extra_repr(self) -> str:
         return (

@@ -33,6 +33,7 @@ class InnerProduct(CaffeLayer):
     """
 
     caffe_type = "InnerProduct"
+    blob_attrs = ("weight", "bias")
 
     def __init__(
         self, num_output: int, in_features: int, axis: int = 1, bias_term: bool = True, transpose: bool = False
@@ -66,12 +67,6 @@ class InnerProduct(CaffeLayer):
         rows = x.reshape(math.prod(lead), k)
         weight = self.weight.t() if self.transpose else self.weight
         return F.linear(rows, weight, self.bias).reshape(*lead, self.num_output)
-
-    def caffe_blobs(self) -> list[Tensor]:
-        return [self.weight] if self.bias is None else [self.weight, self.bias]
-
-    def _blob_names(self) -> list[str]:
-        return ["weight"] if self.bias is None else ["weight", "bias"]
 
     def extra_repr(self) -> str:
         return (
