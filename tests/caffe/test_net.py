@@ -224,3 +224,29 @@ def test_forward_input_errors_name_the_inputs(tmp_path):
 def test_layer_lines_skip_strings_and_comments():
     text = 'name: "layer {"\n# layer { in a comment\nlayer {\n  name: "a"\n}\n\nlayers { name: "b" }\n'
     assert io.layer_lines(text) == [3, 7]
+
+
+@pytest.mark.parametrize("phase", ["test", "train"])
+def test_batch_norm_scale_pairs_run_fused_with_the_same_result(tmp_path, phase):
+    proto, model = write_model(tmp_path, NORM_NET, _weights())
+    fused, plain = caffenorm.load(proto, model, phase=phase), caffenorm.load(proto, model, phase=phase)
+    plain.fuse_batch_norm_scale = False
+    assert list(fused._fused) == [2]  # bn (index 2, after input and lrn) with its in-place scale
+    x = torch.randn(3, 4, 5, 5, dtype=torch.float64)
+    a, b = fused.double()(x)["out"], plain.double()(x)["out"]
+    torch.testing.assert_close(a, b)
+    for got, want in zip(fused.params["bn"], plain.params["bn"]):
+        torch.testing.assert_close(got, want)  # the same Caffe blob updates in train
+    calls = []
+    fused.layer("bn").register_forward_hook(lambda *args: calls.append(1))
+    fused(x)
+    assert calls == [1]  # a hooked layer runs on its own
+
+
+def test_recording_layer_outputs_keeps_the_batch_norm_output(tmp_path):
+    proto, model = write_model(tmp_path, NORM_NET, _weights())
+    net = caffenorm.load(proto, model)
+    net.record_layer_outputs = True
+    net(torch.randn(1, 4, 5, 5))
+    assert {"bn", "scale"} <= set(net.layer_outputs)
+    assert not torch.equal(net.layer_outputs["bn"][0], net.layer_outputs["scale"][0])

@@ -31,6 +31,7 @@ from caffenorm.errors import (
     InputShapeError,
     NetDefinitionError,
 )
+from caffenorm.nn import BatchNorm, BatchNormScale, Scale
 from caffenorm.nn._base import CaffeLayer
 
 __all__ = ["Net", "load"]
@@ -72,6 +73,9 @@ class Net(nn.Module):
         blobs: after a forward, every blob name -> the tensor Caffe would hold under that name.
         layer_outputs: after a forward with ``record_layer_outputs = True``, every layer name ->
             its outputs (unlike ``blobs``, not overwritten by later in-place layers).
+        fuse_batch_norm_scale: run a BatchNorm and the per-channel Scale that rewrites its top in
+            place as one kernel (:class:`caffenorm.BatchNormScale`: the same function and blob
+            updates).  Default True; recording layer outputs turns it off for that forward.
         unused_weights: caffemodel layers with blobs that match no layer of this net.
         layers: ``nn.ModuleDict`` of the layer modules ('.' in names becomes '/').
     """
@@ -141,6 +145,9 @@ class Net(nn.Module):
             )
         self.blob_shapes = shapes
         self.outputs = self._outputs()
+        self.fuse_batch_norm_scale = True
+        # Kept out of the module tree: the fused modules only reference the layers' own modules.
+        self._fused: dict[int, BatchNormScale] = self._fusable_pairs()
         self.train(self.phase == "TRAIN")
 
     # -- building -------------------------------------------------------------------------------
@@ -190,6 +197,23 @@ class Net(nn.Module):
         if len(tops) != len(spec.tops):
             raise NetDefinitionError(f"{spec.where()}: produces {len(tops)} outputs for {len(spec.tops)} tops")
         return tops
+
+    def _fusable_pairs(self) -> dict[int, BatchNormScale]:
+        """BatchNorm layers followed by a per-channel Scale that rewrites their top in place:
+        Caffe's output of the BatchNorm is then never visible, so the pair can run as one kernel."""
+        pairs = {}
+        for i in range(len(self._specs) - 1):
+            bn_spec, scale_spec = self._specs[i], self._specs[i + 1]
+            bn, scale = self.layers[self._keys[i]], self.layers[self._keys[i + 1]]
+            if not (isinstance(bn, BatchNorm) and isinstance(scale, Scale)) or len(bn_spec.tops) != 1:
+                continue
+            top = bn_spec.tops[0]
+            if scale_spec.bottoms != (top,) or scale_spec.tops != (top,):
+                continue
+            if scale.scale_from_input or scale.axis != 1 or scale.shape != (bn.channels,):
+                continue
+            pairs[i] = BatchNormScale(bn, scale)
+        return pairs
 
     def _outputs(self) -> list[str]:
         """Caffe's rule: blobs produced (or fed) and not consumed by any later layer."""
@@ -277,8 +301,14 @@ class Net(nn.Module):
             raise InputShapeError(f"the net's inputs are: {expected}; missing {missing}, unknown {unknown}")
         blobs: dict[str, Tensor] = {}
         self.layer_outputs = {}
-        for spec, key in zip(self._specs, self._keys):
+        fuse = self.fuse_batch_norm_scale and not self.record_layer_outputs
+        skip = -1
+        for index, (spec, key) in enumerate(zip(self._specs, self._keys)):
+            if index == skip:
+                continue
             module = self.layers[key]
+            if fuse and index in self._fused and not self._fused[index].hooked():
+                module, skip = self._fused[index], index + 1  # the Scale rewrites this top in place
             if isinstance(module, InputLayer):
                 for top in spec.tops:
                     blobs[top] = self._as_tensor(top, inputs[top])

@@ -156,6 +156,10 @@ class BatchNormScale(CaffeLayer):
             scale.bias,
         )
 
+    def hooked(self) -> bool:
+        """Whether either layer has forward hooks (which the fused kernel would bypass)."""
+        return any(m._forward_hooks or m._forward_pre_hooks for m in (self.batch_norm, self.scale))
+
     def caffe_blobs(self) -> list[Tensor]:
         return self.batch_norm.caffe_blobs() + self.scale.caffe_blobs()
 
