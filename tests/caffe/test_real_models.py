@@ -70,3 +70,17 @@ def test_open_nsfw_any_batch_size(nsfw_net):
         batch = net(torch.from_numpy(np.ascontiguousarray(x)))["prob"]
         single = net(torch.from_numpy(np.ascontiguousarray(x[1:])))["prob"]
     torch.testing.assert_close(batch[1:], single, rtol=1e-5, atol=1e-6)
+
+
+def test_open_nsfw_saved_by_caffenorm_loads_in_opencv_and_caffenorm(nsfw_net, tmp_path):
+    net, _, _ = nsfw_net
+    proto, model = tmp_path / "nsfw.prototxt", tmp_path / "nsfw.caffemodel"
+    net.save(proto, model)
+    x = _photo()
+    with torch.no_grad():
+        before = net(torch.from_numpy(x))["prob"].numpy()
+        again = caffenorm.load(proto, model)(torch.from_numpy(x))["prob"].numpy()
+    np.testing.assert_array_equal(again, before)
+    cv_net = cv2.dnn.readNetFromCaffe(str(proto), str(model))
+    cv_net.setInput(x)
+    np.testing.assert_allclose(cv_net.forward("prob").reshape(before.shape), before, atol=1e-5, rtol=0)
