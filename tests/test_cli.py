@@ -90,3 +90,31 @@ def test_readme_layer_table_is_generated_from_the_registry():
     script = Path(__file__).resolve().parents[1] / "scripts" / "gen_layers_table.py"
     result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_usage_errors_exit_with_2(tmp_path, capsys):
+    proto, _ = example_model()
+    assert main(["run", str(proto), "--compare", "opencv"]) == 2
+    assert "needs a caffemodel" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--input-shape", "data=a,b"])
+    assert exit_info.value.code == 2
+
+
+def test_bad_npy_input_is_a_one_line_error(tmp_path, capsys):
+    np.save(tmp_path / "s.npy", np.array(["a", "b"]))
+    assert main(["run", "--input", str(tmp_path / "s.npy")]) == 1
+    assert "not a numeric .npy array" in capsys.readouterr().err
+
+
+def test_compare_on_a_model_opencv_cannot_run_is_a_one_line_error(tmp_path, capsys):
+    pytest.importorskip("cv2")
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent / "caffe"))
+    from netutil import write_model
+
+    text = ('input: "data" input_shape { dim: 1 dim: 2 dim: 3 dim: 3 }\n'
+            'layer { name: "t" type: "Tile" bottom: "data" top: "t" tile_param { tiles: 2 } }\n')
+    proto, model = write_model(tmp_path, text, {})
+    assert main(["run", str(proto), str(model), "--compare", "opencv"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("caffenorm: error: OpenCV dnn")

@@ -199,3 +199,11 @@ def test_lrn_module_matches_functional_and_repr():
     assert torch.equal(layer(x), lrn(x, 3, 0.5, 0.6, 2.0, "WITHIN_CHANNEL"))
     assert repr(layer) == "LRN(local_size=3, alpha=0.5, beta=0.6, k=2.0, norm_region=WITHIN_CHANNEL)"
     assert layer.caffe_blobs() == []
+
+
+def test_lrn_across_overflowed_window_stays_inf_like_caffe_running_sum():
+    # Caffe's running sum overflows to inf at the first window holding the huge squares and then
+    # stays inf (inf - finite), so every later channel is divided by inf: 0.
+    x = torch.tensor([1.5e19, 1.5e19, 1.0, 1.0, 1.0, 1.0]).view(1, 6, 1, 1)
+    y = lrn(x, 3, 3.0, 0.75, 1.0)
+    assert torch.equal(y.flatten(), torch.zeros(6))

@@ -35,15 +35,25 @@ def _model_args(args: argparse.Namespace) -> tuple[Path, Path | None]:
     return Path(args.prototxt), None if args.caffemodel is None else Path(args.caffemodel)
 
 
-def _parse_shapes(items: Sequence[str]) -> dict[str, tuple[int, ...]]:
-    shapes = {}
-    for item in items:
-        name, _, dims = item.partition("=")
-        try:
-            shapes[name] = tuple(int(d) for d in dims.split(","))
-        except ValueError:
-            raise SystemExit(f"caffenorm: --input-shape expects NAME=N,C,H,W, got {item!r}") from None
-    return shapes
+class UsageError(Exception):
+    """A bad command line: reported like argparse's own errors, exit code 2."""
+
+
+def _input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """argparse type of ``--input-shape NAME=N,C,H,W``."""
+    name, _, dims = text.partition("=")
+    try:
+        return name, tuple(int(d) for d in dims.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=N,C,H,W, got {text!r}") from None
+
+
+def _floats(text: str) -> list[float]:
+    """argparse type of a comma-separated list of numbers."""
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def _progress() -> Any:
@@ -60,7 +70,7 @@ def _load(args: argparse.Namespace, proto: Path, weights: Path | None) -> Any:
     from caffenorm.caffe.net import load
 
     return load(
-        proto, weights, args.phase, input_shapes=_parse_shapes(args.input_shape), strict=not args.allow_missing,
+        proto, weights, args.phase, input_shapes=dict(args.input_shape), strict=not args.allow_missing,
         progress=_progress(),
     )
 
@@ -78,17 +88,11 @@ def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from caffenorm.caffe import io
+    from caffenorm.caffe.net import read_net
     from caffenorm.caffe.registry import supported_layers
-    from caffenorm.caffe.spec import layer_specs
-    from caffenorm.caffe.upgrade import upgrade_net
 
     proto, weights = _model_args(args)
-    definition, lines = io.read_prototxt(proto)
-    if definition.input or definition.input_shape or definition.input_dim:
-        lines = [None, *lines]
-    upgrade_net(definition, str(proto))
-    specs = layer_specs(definition, lines, str(proto), args.phase)
+    _, specs = read_net(proto, args.phase)
     supported = set(supported_layers())
     unsupported = [s for s in specs if s.type not in supported]
     if unsupported:
@@ -120,7 +124,11 @@ def _read_input(path: Path, shape: tuple[int, ...] | None, mean: Sequence[float]
     if not path.exists():
         raise ModelFileError(f"{path}: no such input file")
     if path.suffix == ".npy":
-        return np.load(path, allow_pickle=False).astype(np.float32)
+        try:
+            array = np.load(path, allow_pickle=False)
+            return np.asarray(array, dtype=np.float32)
+        except (ValueError, OSError, TypeError) as err:
+            raise ModelFileError(f"{path}: not a numeric .npy array: {err}") from None
     try:
         import cv2
     except ImportError:
@@ -155,6 +163,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     import torch
 
     proto, weights = _model_args(args)
+    if args.compare == "opencv" and weights is None:
+        raise UsageError("--compare opencv needs a caffemodel")
     net = _load(args, proto, weights)
     if weights is None:
         print("(no caffemodel: weights come from the prototxt's fillers)")
@@ -165,7 +175,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.input and name == net.inputs[0]:
             inputs[name] = _read_input(Path(args.input), shape, args.mean, args.scale)
         elif shape is None:
-            raise SystemExit(f"caffenorm: input {name!r} has no declared shape; pass --input-shape {name}=N,C,H,W")
+            raise UsageError(f"input {name!r} has no declared shape; pass --input-shape {name}=N,C,H,W")
         else:
             inputs[name] = rng.standard_normal(shape).astype(np.float32)
     for name, value in inputs.items():
@@ -175,8 +185,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     for name, value in outputs.items():
         print(_describe(name, value.detach().cpu().numpy(), args.top))
     if args.compare == "opencv":
-        if weights is None:
-            raise SystemExit("caffenorm: --compare opencv needs a caffemodel")
         return _compare(net, proto, weights, inputs)
     return 0
 
@@ -207,16 +215,17 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="caffenorm", description="Run Caffe models in PyTorch, exactly.")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
+    parser = argparse.ArgumentParser(prog="caffenorm", description="Run Caffe models in PyTorch, exactly.", parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
 
     def model_command(name: str, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help)
+        p = sub.add_parser(name, help=help, parents=[common])
         p.add_argument("prototxt", nargs="?", help="net definition (default: the bundled example)")
         p.add_argument("caffemodel", nargs="?", help="trained weights")
         p.add_argument("--phase", default="test", choices=["test", "train"])
-        p.add_argument("--input-shape", action="append", default=[], metavar="NAME=N,C,H,W",
+        p.add_argument("--input-shape", action="append", default=[], metavar="NAME=N,C,H,W", type=_input_shape,
                        help="shape of an input the prototxt does not declare (repeatable)")
         p.add_argument("--allow-missing", action="store_true",
                        help="layers without weights in the caffemodel keep their fillers instead of failing")
@@ -226,14 +235,14 @@ def _parser() -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_info)
     run = model_command("run", "run the model and print its outputs")
     run.add_argument("--input", help="an image (read as BGR, resized to the input) or a .npy array")
-    run.add_argument("--mean", type=lambda s: [float(v) for v in s.split(",")], default=[],
+    run.add_argument("--mean", type=_floats, default=[],
                      help="per-channel mean to subtract from an image, e.g. 104,117,123")
     run.add_argument("--scale", type=float, default=1.0, help="multiply the image by this after the mean")
     run.add_argument("--seed", type=int, default=0, help="seed of the random input when no --input is given")
     run.add_argument("--top", type=int, default=5, help="classes to show per sample")
     run.add_argument("--compare", choices=["opencv"], help="also run OpenCV dnn and compare layer by layer")
     run.set_defaults(func=cmd_run)
-    layers = sub.add_parser("layers", help="list the supported Caffe layer types")
+    layers = sub.add_parser("layers", help="list the supported Caffe layer types", parents=[common])
     layers.set_defaults(func=cmd_layers)
     return parser
 
@@ -241,7 +250,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from caffenorm.errors import CaffeNormError
 
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False)
 
     def show(message: Warning | str, *_: Any, **__: Any) -> None:
         print(f"caffenorm: warning: {message}", file=sys.stderr)
@@ -250,8 +261,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = show
             return int(args.func(args))
+    except UsageError as err:
+        parser.print_usage(sys.stderr)
+        print(f"caffenorm: error: {err}", file=sys.stderr)
+        return 2
     except CaffeNormError as err:
-        if args.debug:
+        if debug:
             traceback.print_exc()
         print(f"caffenorm: error: {err}", file=sys.stderr)
         return 1

@@ -250,3 +250,56 @@ def test_recording_layer_outputs_keeps_the_batch_norm_output(tmp_path):
     net(torch.randn(1, 4, 5, 5))
     assert {"bn", "scale"} <= set(net.layer_outputs)
     assert not torch.equal(net.layer_outputs["bn"][0], net.layer_outputs["scale"][0])
+
+
+def test_bilinear_filler_matches_caffes_formula():
+    # filler.hpp: f = ceil(K/2), c = (K - 1) / (2f), w(x, y) = (1 - |x/f - c|) * (1 - |y/f - c|).
+    from caffenorm.caffe import schema
+    from caffenorm.caffe.fillers import fill
+
+    for k in (2, 3, 4, 5):
+        t = torch.empty(2, 1, k, k)
+        fill(t, schema.FillerParameter(type="bilinear"), torch.Generator())
+        f = np.ceil(k / 2)
+        c = (k - 1) / (2 * f)
+        w = 1 - np.abs(np.arange(k) / f - c)
+        np.testing.assert_allclose(t[1, 0].numpy(), np.outer(w, w), rtol=1e-6)
+        if k % 2:  # odd kernels peak at their centre
+            assert t[0, 0, k // 2, k // 2].item() == pytest.approx(1.0)
+
+
+def test_the_prototxts_own_state_stages_are_kept(tmp_path):
+    proto = tmp_path / "state.prototxt"
+    proto.write_text(
+        'state { stage: "deploy" }\ninput: "d" input_shape { dim: 1 dim: 2 dim: 3 dim: 3 }\n'
+        'layer { name: "a" type: "LRN" bottom: "d" top: "a" include { stage: "deploy" } }\n'
+        'layer { name: "b" type: "LRN" bottom: "d" top: "b" include { stage: "extra" } }\n'
+    )
+    assert caffenorm.load(proto).outputs == ["a"]
+    assert caffenorm.load(proto, stages=["extra"]).outputs == ["a", "b"]
+
+
+def test_norm_layers_need_exactly_one_top(tmp_path):
+    proto = tmp_path / "tops.prototxt"
+    proto.write_text('input: "d" input_shape { dim: 1 dim: 2 dim: 3 dim: 3 }\n'
+                     'layer { name: "a" type: "LRN" bottom: "d" top: "x" top: "y" }\n')
+    with pytest.raises(caffenorm.NetDefinitionError, match=r"layer 'a' \(LRN\): has 2 tops, Caffe's LRN takes 1"):
+        caffenorm.load(proto)
+
+
+def test_negative_input_dimension_is_named(tmp_path):
+    proto = tmp_path / "neg.prototxt"
+    proto.write_text(NORM_NET.replace("dim: 2 dim: 4 dim: 5 dim: 5", "dim: 2 dim: -4 dim: 5 dim: 5"))
+    with pytest.raises(caffenorm.NetDefinitionError, match="has a negative dimension"):
+        caffenorm.load(proto)
+
+
+def test_input_dtypes_are_checked(tmp_path):
+    proto, model = write_model(tmp_path, NORM_NET, _weights())
+    net = caffenorm.load(proto, model)
+    with pytest.raises(caffenorm.InputShapeError, match="float64 tensor but the net's weights are torch.float32"):
+        net(torch.randn(1, 4, 5, 5, dtype=torch.float64))
+    with pytest.raises(caffenorm.InputShapeError, match="numpy array of <U1"):
+        net(np.array([["a"]]))
+    out = net(np.ones((1, 4, 5, 5), dtype=np.float64))["out"]  # arrays are data: converted
+    assert out.dtype == torch.float32

@@ -56,18 +56,22 @@ def compare_with_opencv(
         import cv2
     except ImportError:
         raise CaffeNormError("--compare opencv needs OpenCV: pip install 'opencv-python-headless<5'") from None
-    cv_net = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
-    cv_net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-    cv_net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
-    cv_net.enableFusion(False)  # fused layers have no output of their own to compare
-    if hasattr(cv_net, "enableWinograd"):
-        cv_net.enableWinograd(False)  # its Winograd 3x3 convolutions lose ~5e-6 of the output range
-    for name, value in inputs.items():
-        cv_net.setInput(np.ascontiguousarray(value, dtype=np.float32), name)
-    known = set(cv_net.getLayerNames())
     specs = [s for s in net.layer_specs if not isinstance(net.layer(s.name), InputLayer) and s.tops]
-    names = [s.name for s in specs if s.name in known]
-    cv_out = dict(zip(names, cv_net.forward(names))) if names else {}
+    try:
+        cv_net = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
+        cv_net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+        cv_net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+        cv_net.enableFusion(False)  # fused layers have no output of their own to compare
+        if hasattr(cv_net, "enableWinograd"):
+            cv_net.enableWinograd(False)  # its Winograd 3x3 convolutions lose ~5e-6 of the output range
+        for name, value in inputs.items():
+            cv_net.setInput(np.ascontiguousarray(value, dtype=np.float32), name)
+        known = set(cv_net.getLayerNames())
+        names = [s.name for s in specs if s.name in known]
+        cv_out = dict(zip(names, cv_net.forward(names))) if names else {}
+    except cv2.error as err:
+        message = " ".join(str(err).split())
+        raise CaffeNormError(f"OpenCV dnn {cv2.__version__} cannot run {prototxt}: {message}") from None
 
     net.record_layer_outputs = True
     try:

@@ -63,8 +63,10 @@ def fill(t: Tensor, filler: Message, generator: torch.Generator) -> None:
     elif kind == "bilinear":
         if t.dim() != 4 or t.shape[2] != t.shape[3]:
             raise LayerConfigError(f"bilinear filler needs a 4-D blob with square kernels, got {tuple(t.shape)}")
+        if filler.sparse != -1:
+            raise LayerConfigError("the bilinear filler does not support sparse (Caffe CHECKs sparse == -1)")
         f = math.ceil(t.shape[3] / 2.0)
-        c = (2 * f - 1 - f % 2) / (2.0 * f)
+        c = (t.shape[3] - 1) / (2.0 * f)
         x = torch.arange(t.shape[3], dtype=torch.float64)
         w = 1 - torch.abs(x / f - c)
         t.copy_((w.view(-1, 1) * w.view(1, -1)).expand_as(t))

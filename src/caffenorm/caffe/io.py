@@ -26,7 +26,6 @@ __all__ = [
     "iter_caffemodel_layers",
     "layer_lines",
     "parse_prototxt",
-    "read_caffemodel",
     "read_prototxt",
     "write_caffemodel",
     "write_prototxt",
@@ -102,26 +101,6 @@ def read_prototxt(path: PathLike) -> tuple[Message, list[int]]:
             f"{path}: is not text (is it a binary .caffemodel given as the prototxt?)"
         ) from None
     return parse_prototxt(text, str(path))
-
-
-def read_caffemodel(path: PathLike) -> Message:
-    """Read a binary ``.caffemodel`` into a ``NetParameter``.
-
-    The file bytes are released as soon as protobuf has parsed them, so peak memory is about
-    twice the file size while the caller converts the blobs one layer at a time.
-    """
-    raw = _read(path, "caffemodel")
-    net = schema.NetParameter()
-    try:
-        net.ParseFromString(raw)
-    except (DecodeError, RuntimeError, ValueError) as err:
-        looks_text = raw[:200].lstrip().startswith((b"name", b"layer", b"input", b"#"))
-        hint = "it looks like a text prototxt" if looks_text else "the file is truncated or corrupted"
-        raise CaffemodelError(f"{path}: not a readable binary caffemodel ({hint}): {err}") from None
-    del raw
-    if not net.layer and not net.layers:
-        raise CaffemodelError(f"{path}: parsed as a caffemodel but holds no layers (empty or not a caffemodel)")
-    return net
 
 
 def _varint(f: BinaryIO, path: PathLike) -> int | None:

@@ -34,7 +34,7 @@ from caffenorm.errors import (
 from caffenorm.nn import BatchNorm, BatchNormScale, Scale
 from caffenorm.nn._base import CaffeLayer
 
-__all__ = ["Net", "load"]
+__all__ = ["Net", "load", "read_net"]
 
 PathLike = str | os.PathLike[str]
 
@@ -116,7 +116,7 @@ class Net(nn.Module):
                 module = get_converter(spec)(spec, ctx)
             except CaffeNormError as err:
                 raise _wrap(spec, err, bottom_shapes) from None
-            key = self._add(spec, module)
+            self._add(spec, module)
             if ctx.deferred_fills:
                 self._deferred_fills[spec.name] = ctx.deferred_fills
             if isinstance(module, InputLayer):
@@ -138,7 +138,6 @@ class Net(nn.Module):
                     shapes[top] = shape
             for top in spec.tops:
                 producer[top] = spec
-            del key
         if overrides:
             raise NetDefinitionError(
                 f"input_shapes names {sorted(overrides)}, which are not inputs of this net; inputs: {self.inputs}"
@@ -173,7 +172,7 @@ class Net(nn.Module):
                     "allows a second writer in place (bottom == top at the same position)"
                 )
 
-    def _add(self, spec: LayerSpec, module: CaffeLayer) -> str:
+    def _add(self, spec: LayerSpec, module: CaffeLayer) -> None:
         if not isinstance(module, CaffeLayer):
             raise TypeError(f"converter for {spec.type} returned {type(module).__name__}, not a CaffeLayer")
         key = spec.name.replace(".", "/") or f"layer{len(self._keys)}"
@@ -181,7 +180,6 @@ class Net(nn.Module):
             raise NetDefinitionError(f"{spec.where()}: a layer named {spec.name!r} already exists; names must be unique")
         self.layers[key] = module
         self._keys.append(key)
-        return key
 
     def _infer(self, spec: LayerSpec, module: CaffeLayer, shapes: list[tuple[int, ...] | None]) -> list[Any]:
         if any(s is None for s in shapes) or not getattr(module, "shape_inference", True):
@@ -214,6 +212,12 @@ class Net(nn.Module):
                 continue
             pairs[i] = BatchNormScale(bn, scale)
         return pairs
+
+    def _fusable(self, index: int) -> bool:
+        """The pair is still the net's own two layers (not replaced since) and has no hooks."""
+        pair = self._fused[index]
+        same = pair.batch_norm is self.layers[self._keys[index]] and pair.scale is self.layers[self._keys[index + 1]]
+        return same and not pair.hooked()
 
     def _outputs(self) -> list[str]:
         """Caffe's rule: blobs produced (or fed) and not consumed by any later layer."""
@@ -307,7 +311,7 @@ class Net(nn.Module):
             if index == skip:
                 continue
             module = self.layers[key]
-            if fuse and index in self._fused and not self._fused[index].hooked():
+            if fuse and index in self._fused and self._fusable(index):
                 module, skip = self._fused[index], index + 1  # the Scale rewrites this top in place
             if isinstance(module, InputLayer):
                 for top in spec.tops:
@@ -319,6 +323,8 @@ class Net(nn.Module):
             except (CaffeNormError, RuntimeError, ValueError, IndexError) as err:
                 raise _wrap(spec, err, [tuple(b.shape) for b in bottoms]) from None
             outs = out if isinstance(out, tuple) else (out,)
+            if len(outs) != len(spec.tops):
+                raise NetDefinitionError(f"{spec.where()}: produced {len(outs)} outputs for {len(spec.tops)} tops")
             for top, value in zip(spec.tops, outs):
                 blobs[top] = value
             if self.record_layer_outputs:
@@ -326,11 +332,30 @@ class Net(nn.Module):
         self.blobs = blobs
         return {name: blobs[name] for name in self.outputs}
 
+    def _dtype(self) -> torch.dtype | None:
+        """The floating dtype of the net's tensors (None for a net without any)."""
+        for t in (*self.parameters(), *self.buffers()):
+            if t.is_floating_point():
+                return t.dtype
+        return None
+
     def _as_tensor(self, name: str, value: Any) -> Tensor:
+        net_dtype = self._dtype()
+        dtype = net_dtype or torch.float32
         if isinstance(value, np.ndarray):
-            value = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+            if not (np.issubdtype(value.dtype, np.number) and not np.iscomplexobj(value)):
+                raise InputShapeError(f"input {name!r} is a numpy array of {value.dtype}, expected real numbers")
+            # Arrays are data: converted to the net's dtype, as Caffe copies them into its blobs.
+            value = torch.from_numpy(np.ascontiguousarray(value)).to(dtype)
         if not isinstance(value, Tensor):
             raise InputShapeError(f"input {name!r} must be a tensor or numpy array, got {type(value).__name__}")
+        if not value.is_floating_point():
+            raise InputShapeError(f"input {name!r} is a {value.dtype} tensor; pass floating-point data (x.float())")
+        if net_dtype is not None and value.dtype != net_dtype:
+            raise InputShapeError(
+                f"input {name!r} is a {value.dtype} tensor but the net's weights are {dtype}; pass "
+                f"x.to({dtype}) or convert the net (net.to({value.dtype}))"
+            )
         # Like reshaping a Caffe input blob, any shape is accepted; each layer checks what it needs.
         return value
 
@@ -377,6 +402,26 @@ class Net(nn.Module):
         return f"phase={self.phase}, inputs={self.inputs}, outputs={self.outputs}"
 
 
+def read_net(
+    prototxt: PathLike, phase: str = "test", level: int = 0, stages: Sequence[str] = ()
+) -> tuple[Message, list[LayerSpec]]:
+    """Read and upgrade a prototxt; return it and the layers of ``phase``/``level``/``stages``.
+
+    As Caffe's ``Net(file, phase, level, stages)``: the file's own ``state`` stages are kept and
+    the given ones added; its phase and level are replaced.
+    """
+    path = Path(prototxt)
+    net_param, lines = io.read_prototxt(path)
+    if net_param.input or net_param.input_shape or net_param.input_dim:
+        lines = [None, *lines]  # the upgrade prepends an Input layer that has no line of its own
+    upgrade_net(net_param, str(path))
+    all_stages = [*net_param.state.stage, *stages]
+    specs = layer_specs(net_param, lines, str(path), phase, level, all_stages)
+    if not specs:
+        raise NetDefinitionError(f"{path}: no layers for phase {parse_phase(phase)}")
+    return net_param, specs
+
+
 def load(
     prototxt: PathLike,
     caffemodel: PathLike | None = None,
@@ -403,14 +448,7 @@ def load(
         seed: seed of the fillers.
         progress: a wrapper such as ``tqdm.tqdm`` to show progress while weights load.
     """
-    path = Path(prototxt)
-    net_param, lines = io.read_prototxt(path)
-    if net_param.input or net_param.input_shape or net_param.input_dim:
-        lines = [None, *lines]  # the upgrade prepends an Input layer that has no line of its own
-    upgrade_net(net_param, str(path))
-    specs = layer_specs(net_param, lines, str(path), phase, level, stages)
-    if not specs:
-        raise NetDefinitionError(f"{path}: no layers for phase {parse_phase(phase)}")
+    net_param, specs = read_net(prototxt, phase, level, stages)
     net = Net(net_param, specs, phase, input_shapes=input_shapes, seed=seed, defer_fillers=caffemodel is not None)
     if caffemodel is not None:
         net.load_caffemodel(caffemodel, strict=strict, progress=progress)

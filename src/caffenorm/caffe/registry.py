@@ -70,10 +70,17 @@ class BuildContext:
             allowed = " or ".join(map(str, counts))
             raise self.error(f"has {len(self.layer.bottoms)} bottoms, Caffe's {self.layer.type} takes {allowed}")
 
+    def require_tops(self, *counts: int) -> None:
+        if len(self.layer.tops) not in counts:
+            allowed = " or ".join(map(str, counts))
+            raise self.error(f"has {len(self.layer.tops)} tops, Caffe's {self.layer.type} takes {allowed}")
+
     def check_elements(self, shape: Sequence[int], what: str) -> None:
         """Refuse absurd sizes before allocating."""
+        if any(int(d) < 0 for d in shape):
+            raise self.error(f"{what} of shape {tuple(shape)} has a negative dimension")
         count = math.prod(int(d) for d in shape)
-        if any(int(d) < 0 for d in shape) or count > MAX_ELEMENTS:
+        if count > MAX_ELEMENTS:
             raise self.error(
                 f"{what} of shape {tuple(shape)} has {count:,} elements (limit {MAX_ELEMENTS:,}); "
                 "check the prototxt's sizes"

@@ -88,16 +88,18 @@ def _poison_like_running_sum(t: Tensor, wsum: Tensor, half: int) -> None:
 
     Caffe's ACROSS_CHANNELS forward and backward slide the window with add-head / subtract-tail,
     so once a non-finite term has left the window (inf - inf, or NaN) every later channel at that
-    position is NaN.  A direct sum keeps them finite; this restores Caffe's result.  The common
-    all-finite case costs one reduction.
+    position is NaN, and once the sum itself has overflowed every later channel stays inf.  A direct
+    sum recovers; this restores Caffe's result.  The common all-finite case costs one reduction.
     """
     if t.device.type == "meta" or torch.isfinite(t.sum()):
         return
     channels = t.shape[1]
-    bad = ~torch.isfinite(t)
-    if not bool(bad.any()):  # the sum overflowed, not a term: nothing to mimic
-        return
     idx = torch.arange(channels, device=t.device).view(1, channels, *([1] * (t.dim() - 2)))
+    # A running sum that reached inf stays inf (inf - finite), however small the later windows.
+    first_inf = torch.where(torch.isinf(wsum), idx, channels).amin(dim=1, keepdim=True)
+    wsum.masked_fill_(idx > first_inf, float("inf"))
+    # Once a non-finite term leaves the window, inf - inf (or NaN) is NaN for good.
+    bad = ~torch.isfinite(t)
     first_bad = torch.where(bad, idx, channels).amin(dim=1, keepdim=True)
     wsum.masked_fill_(idx > first_bad + half, float("nan"))
 

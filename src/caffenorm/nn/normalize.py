@@ -29,7 +29,8 @@ class Normalize(CaffeLayer):
     Backward: the default is the true gradient.  Caffe's own backward,
     :math:`dx = s_c (g - x \langle x, g\rangle / n^2) / n`, is only right when all channel
     scales are equal, and its scale gradient :math:`\sum(y g)/s` is NaN at :math:`s = 0`;
-    ``caffe_backward=True`` reproduces it exactly for bit-parity with Caffe training.
+    ``caffe_backward=True`` uses Caffe's formula (equal to Caffe's to rounding), for parity
+    with Caffe training.
 
     Args:
         channels: number of channels ``C``.

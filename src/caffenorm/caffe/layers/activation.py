@@ -57,7 +57,7 @@ def _not_nan(layer: str, param: str, value: float) -> float:
 
 
 def _caffe_zero(y: Tensor) -> Tensor:
-    """``y + 0.0``: Caffe's ReLU/PReLU add ``max(x, 0)`` (``+0.0`` for negative ``x``) to
+    """``y + 0.0``: Caffe's PReLU adds ``max(x, 0)`` (``+0.0`` for negative ``x``) to
     ``slope * min(x, 0)``, so a ``-0.0`` product (slope 0) comes out ``+0.0``; torch's kernels
     return the ``-0.0``."""
     return y + 0.0

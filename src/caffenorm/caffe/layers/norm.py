@@ -20,6 +20,7 @@ __all__ = ["convert_batch_norm", "convert_bias", "convert_lrn", "convert_normali
 def convert_lrn(layer: LayerSpec, ctx: BuildContext) -> LRN:
     """ACROSS_CHANNELS with ``k``; WITHIN_CHANNEL with ``k`` ignored and the n*n divisor (padding counted)."""
     ctx.require_bottoms(1)
+    ctx.require_tops(1)
     shape = ctx.shape(0)
     if len(shape) != 4:
         raise ctx.error(f"needs a 4-D (N, C, H, W) bottom, as Caffe's LRN does; got shape {shape}")
@@ -36,6 +37,7 @@ def convert_batch_norm(layer: LayerSpec, ctx: BuildContext) -> BatchNorm:
     """Stored sums divided by the scale factor (0 -> zero statistics, no NaN); batch statistics and
     Caffe's blob updates in TRAIN unless ``use_global_stats`` says otherwise; any (N, C, ...) bottom."""
     ctx.require_bottoms(1)
+    ctx.require_tops(1)
     shape = ctx.shape(0)
     if len(shape) < 2:
         raise ctx.error(f"needs an (N, C, ...) bottom, got shape {shape}")
@@ -61,6 +63,7 @@ def convert_scale(layer: LayerSpec, ctx: BuildContext) -> Scale:
     """Any ``axis``/``num_axes`` (0: scalar blob, -1: to the end), ``bias_term``, the two-bottom form
     (blobs ``[bias]`` only), and Caffe's filler defaults (no filler: 1; a filler without value: 0)."""
     ctx.require_bottoms(1, 2)
+    ctx.require_tops(1)
     p = layer.param.scale_param
     if len(layer.bottoms) == 2:
         # The scale is bottom[1]; only the bias (shaped like bottom[1]) is learned.
@@ -80,6 +83,7 @@ def convert_scale(layer: LayerSpec, ctx: BuildContext) -> Scale:
 def convert_bias(layer: LayerSpec, ctx: BuildContext) -> Bias:
     """Scale's axis rules for an added blob, or the two-bottom form."""
     ctx.require_bottoms(1, 2)
+    ctx.require_tops(1)
     p = layer.param.bias_param
     if len(layer.bottoms) == 2:
         return Bias(None, p.axis, p.num_axes, bias_from_input=True)
@@ -95,6 +99,7 @@ def convert_normalize(layer: LayerSpec, ctx: BuildContext) -> Normalize:
     """SSD's ``norm_param``: eps inside the sqrt, ``across_spatial``, ``channel_shared`` (blob ``()``
     or ``(C,)``), ``scale_filler`` (default 1)."""
     ctx.require_bottoms(1)
+    ctx.require_tops(1)
     shape = ctx.shape(0)
     if not 2 <= len(shape) <= 4:
         raise ctx.error(f"needs a 2-D to 4-D bottom (Caffe reads at most 4 axes), got shape {shape}")

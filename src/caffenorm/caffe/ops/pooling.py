@@ -55,7 +55,6 @@ not a multiple of ``stride``.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Union
 
 import torch
