@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from netutil import opencv_forward, write_model
+from netutil import opencv_forward
 
 import caffenorm
 from caffenorm.caffe.layers.eltwise import Eltwise
