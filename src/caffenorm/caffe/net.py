@@ -69,6 +69,7 @@ class Net(nn.Module):
     Attributes:
         inputs: names of the blobs the caller feeds (Input and data layers' tops), in order.
         outputs: names of the blobs no layer consumes: what ``forward`` returns.
+        loss_weights: loss blob name -> its weight in the objective (``net.loss()``).
         input_shapes: the declared shape of each input (``None`` where the prototxt has none).
         blobs: after a forward, every blob name -> the tensor Caffe would hold under that name.
         layer_outputs: after a forward with ``record_layer_outputs = True``, every layer name ->
@@ -144,6 +145,7 @@ class Net(nn.Module):
             )
         self.blob_shapes = shapes
         self.outputs = self._outputs()
+        self.loss_weights = self._loss_weights()
         self.fuse_batch_norm_scale = True
         # Kept out of the module tree: the fused modules only reference the layers' own modules.
         self._fused: dict[int, BatchNormScale] = self._fusable_pairs()
@@ -218,6 +220,31 @@ class Net(nn.Module):
         pair = self._fused[index]
         same = pair.batch_norm is self.layers[self._keys[index]] and pair.scale is self.layers[self._keys[index + 1]]
         return same and not pair.hooked()
+
+    def _loss_weights(self) -> dict[str, float]:
+        """Caffe's rule: a ``*Loss`` layer's first top weighs 1 unless ``loss_weight`` says otherwise;
+        any layer may give its tops weights with ``loss_weight`` (one per top)."""
+        weights: dict[str, float] = {}
+        for spec in self._specs:
+            given = list(spec.param.loss_weight)
+            if given and len(given) != len(spec.tops):
+                raise NetDefinitionError(f"{spec.where()}: {len(given)} loss_weight values for {len(spec.tops)} tops")
+            if not given and spec.type.endswith("Loss") and spec.tops:
+                given = [1.0] + [0.0] * (len(spec.tops) - 1)
+            for top, w in zip(spec.tops, given):
+                if w:
+                    weights[top] = float(w)
+        return weights
+
+    def loss(self) -> Tensor:
+        """The objective Caffe's solver minimises, from the last forward: the sum of every loss top
+        times its ``loss_weight`` (see ``net.loss_weights``)."""
+        if not self.loss_weights:
+            raise NetDefinitionError("this net has no loss layer (no top with a loss_weight); load the train phase?")
+        missing = [t for t in self.loss_weights if t not in self.blobs]
+        if missing:
+            raise NetDefinitionError(f"run a forward first: no value yet for the loss blobs {missing}")
+        return sum((w * self.blobs[t].sum() for t, w in self.loss_weights.items()), torch.zeros(()))
 
     def _outputs(self) -> list[str]:
         """Caffe's rule: blobs produced (or fed) and not consumed by any later layer."""

@@ -7,6 +7,7 @@ from caffenorm.caffe.layers import (  # noqa: F401
     eltwise,
     inner_product,
     input,
+    loss,
     norm,
     pooling,
     shape,
