@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from caffenorm.caffe.ops.pooling import caffe_pool2d, pooled_size, resolve_pooling_param
+from caffenorm.caffe.ops.pooling import _FLT_MAX, caffe_pool2d, pooled_size, resolve_pooling_param
 from caffenorm.caffe.registry import BuildContext, register_layer
 from caffenorm.caffe.spec import LayerSpec
 from caffenorm.errors import CaffeNormError, LayerConfigError, UnsupportedLayerError
@@ -30,9 +30,6 @@ from caffenorm.nn._base import CaffeLayer
 __all__ = ["Pooling", "convert_pooling"]
 
 Pair = tuple[int, int]
-
-# Caffe's running maximum starts at -FLT_MAX; a window where nothing beats it keeps mask -1.
-_FLT_MAX = 3.4028234663852886e38
 
 
 class Pooling(CaffeLayer):
