@@ -40,16 +40,19 @@ if importlib.util.find_spec("caffenorm") is None:  # not installed: use the src/
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "src"))
 
 from caffenorm.caffe import schema  # noqa: E402
-from caffenorm.caffe.ops.detection import (  # noqa: E402
-    DetectionOutput,
+from caffenorm.caffe.layers.detection import (  # noqa: E402
     PriorBox,
+    detection_output_from_param,
+    prior_box_from_param,
+    resolve_detection_output_param,
+    resolve_prior_box_param,
+)
+from caffenorm.caffe.ops.detection import (  # noqa: E402
     decode_boxes,
     detection_output,
     jaccard_overlap,
     nms,
     prior_box,
-    resolve_detection_output_param,
-    resolve_prior_box_param,
 )
 from caffenorm.errors import CaffeNormError, InputShapeError, LayerConfigError  # noqa: E402
 
@@ -332,7 +335,7 @@ def test_prior_box_param_resolution():
     kw = resolve_prior_box_param(param("min_size: 30"), (4, 4), (300, 300))
     assert kw["image_hw"] == (300, 300) and kw["step_h"] == kw["step_w"] == 0
 
-    layer = PriorBox.from_param(param("min_size: 30 img_size: 320 clip: true"))
+    layer = prior_box_from_param(param("min_size: 30 img_size: 320 clip: true"))
     out = layer(torch.zeros(1, 1, 4, 4), torch.zeros(1, 3, 300, 300))
     assert torch.equal(out, prior_box((4, 4), (320, 320), min_sizes=[30], clip=True))
 
@@ -586,7 +589,7 @@ def test_detection_output_module_and_param():
     assert kw["code_type"] == "CORNER" and kw["confidence_threshold"] is None and kw["top_k"] == -1
     assert kw["nms_threshold"] == pytest.approx(0.3) and kw["keep_top_k"] == -1
     param = text_format.Parse("num_classes: 3 keep_top_k: 5", schema.DetectionOutputParameter())
-    layer = DetectionOutput.from_param(param)
+    layer = detection_output_from_param(param)
     rng = np.random.default_rng(3)
     prior = prior_box((3, 3), (30, 30), min_sizes=[10])
     loc, conf = random_inputs(rng, 2, 9, 3, True)

@@ -37,13 +37,13 @@ if importlib.util.find_spec("caffenorm") is None:  # not installed: use the src/
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "src"))
 
 from caffenorm.caffe import schema  # noqa: E402
+from caffenorm.caffe.layers.conv import resolve_convolution_param  # noqa: E402
+from caffenorm.caffe.layers.pooling import resolve_pooling_param  # noqa: E402
 from caffenorm.caffe.ops.pooling import (  # noqa: E402
     caffe_pool2d,
     conv_output_size,
     deconv_output_size,
     pooled_size,
-    resolve_convolution_param,
-    resolve_pooling_param,
 )
 from caffenorm.errors import InputShapeError, LayerConfigError  # noqa: E402
 

@@ -26,13 +26,26 @@ NMS kept them, i.e. by descending score.  When no image has any detection, Caffe
 branch) outputs ``[1, 1, num, 7]`` filled with -1 except column 0, which holds the image index:
 one fake row ``[i, -1, -1, -1, -1, -1, -1]`` per image.  (Older SSD revisions produced a single
 all ``-1`` row; we follow the final code.)
+
+Tracing and export.  :func:`prior_box` and :func:`detection_output` build their results with
+numpy scalars, Python loops and data-dependent indexing, which tracers cannot record faithfully
+(``torch.jit.trace`` would bake one input's number of detections into the graph).  So the layer
+modules call them through two ``torch.library`` custom ops, :func:`prior_box_op`
+(``caffenorm::prior_box``) and :func:`detection_output_op` (``caffenorm::detection_output``),
+whose bodies are these functions (same results, bit for bit) and whose fake kernels give the
+output shapes: ``(1, 2, H*W*P*4)`` from the input shapes for PriorBox, ``(1, 1, u, 7)`` with an
+unbacked size ``u`` for DetectionOutput.  ``torch.export``, ``torch.jit.trace`` and
+``torch.compile(fullgraph=True)`` record each as one node.  Neither has a gradient.
+
+This module takes plain Python values only; the ``caffe.PriorBoxParameter`` /
+``caffe.DetectionOutputParameter`` messages are read in :mod:`caffenorm.caffe.layers.detection`,
+which also holds the ``PriorBox`` and ``DetectionOutput`` layer modules.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -40,20 +53,17 @@ import torch
 from torch import Tensor
 
 from caffenorm.errors import InputShapeError, LayerConfigError
-from caffenorm.nn._base import CaffeLayer
 
 __all__ = [
     "CODE_TYPES",
-    "DetectionOutput",
-    "PriorBox",
     "decode_boxes",
     "detection_output",
+    "detection_output_op",
     "jaccard_overlap",
     "nms",
     "prior_box",
+    "prior_box_op",
     "prior_box_sizes",
-    "resolve_detection_output_param",
-    "resolve_prior_box_param",
 ]
 
 #: ``PriorBoxParameter.CodeType`` values (caffe.proto of the ssd branch).
@@ -221,7 +231,8 @@ def prior_box(
     Args:
         feature_hw: ``(H, W)`` of the feature map (bottom 0).
         image_hw: ``(img_h, img_w)``: the image (bottom 1) size, or the ``img_size`` /
-            ``img_h`` / ``img_w`` override already resolved (see :func:`resolve_prior_box_param`).
+            ``img_h`` / ``img_w`` override already resolved (by the PriorBox converter in
+            :mod:`caffenorm.caffe.layers.detection`).
         min_sizes, max_sizes, aspect_ratios, flip: the boxes, see :func:`prior_box_sizes`.
         clip: clamp the coordinates to ``[0, 1]``.  Default: False
         variances: 1 value or exactly 4, all > 0; empty means Caffe's default ``0.1``.
@@ -273,155 +284,101 @@ def prior_box(
     return torch.stack([boxes, variance]).unsqueeze(0).to(device)
 
 
-def resolve_prior_box_param(
-    param: Any, feature_hw: tuple[int, int], image_hw: tuple[int, int]
-) -> dict[str, Any]:
-    """Keyword arguments for :func:`prior_box` from a ``caffe.PriorBoxParameter`` message.
+def _check_nchw(layer: str, **tensors: Tensor) -> None:
+    """Raise :class:`~caffenorm.errors.InputShapeError` unless every tensor has 4 axes (N, C, H, W)."""
+    for name, t in tensors.items():
+        if t.dim() != 4:
+            raise InputShapeError(f"{layer}: {name} has shape {tuple(t.shape)}, expected NCHW (4 dimensions)")
 
-    Resolution and checks follow ``PriorBoxLayer::LayerSetUp`` / ``Forward_cpu``:
 
-    * image size: ``img_h`` + ``img_w`` (both > 0; not together with ``img_size``), else
-      ``img_size`` (> 0) for both, else the shape of the image bottom (``image_hw``);
-    * step: ``step_h`` + ``step_w`` (both > 0; not together with ``step``), else ``step`` (> 0)
-      for both, else 0 (meaning ``image / feature``);
-    * ``min_size`` required, each > 0; ``max_size`` none or one per ``min_size``, each greater;
-    * ``variance``: none (0.1), one, or exactly four, each > 0.
+def _no_gradient(op: Any, num_args: int) -> None:
+    """Declare ``op``'s output non-differentiable: it never requires grad, whatever the inputs.
 
-    Returns ``feature_hw`` and ``image_hw`` too, so ``prior_box(**resolve_prior_box_param(...))``.
+    Without an autograd registration a custom op's output would require grad whenever an input
+    does, and fail only at ``backward``; Caffe's layers have no gradient here (PriorBox's output
+    does not depend on data, DetectionOutput's Backward_cpu is NOT_IMPLEMENTED)."""
+
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        ctx.mark_non_differentiable(output)
+
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, ...]:
+        return (None,) * num_args
+
+    op.register_autograd(backward, setup_context=setup_context)
+
+
+# A torch.library custom op, so that tracers record one opaque node whose output shape the fake
+# kernel below gives from the input *shapes*: torch.export / torch.compile keep H and W symbolic
+# where they are, and nothing of the numpy / Python-loop body is traced into the graph.
+@torch.library.custom_op("caffenorm::prior_box", mutates_args=())
+def prior_box_op(
+    feature: Tensor,
+    image: Tensor,
+    min_sizes: list[float],
+    max_sizes: list[float],
+    aspect_ratios: list[float],
+    flip: bool,
+    clip: bool,
+    variances: list[float],
+    step_h: float,
+    step_w: float,
+    offset: float,
+    img_h: int,
+    img_w: int,
+) -> Tensor:
+    """``caffenorm::prior_box``: :func:`prior_box` for NCHW ``feature`` and ``image`` tensors, of
+    which only the shapes are read; ``(1, 2, H*W*P*4)`` with ``(H, W)`` the feature map's size and
+    ``P`` the number of priors per location (:func:`prior_box_sizes`).
+
+    ``img_h``, ``img_w``: the image size override (``img_size`` / ``img_h`` + ``img_w``); 0 takes
+    the image tensor's H, W, as Caffe's ``img_h_ == 0 || img_w_ == 0`` does. The result has the
+    feature map's dtype (float32 for a non-float one) and device, and no gradient.
     """
-    layer = "PriorBox"
-    has = param.HasField
-    if has("img_h") or has("img_w"):
-        if has("img_size"):
-            raise LayerConfigError("PriorBox: either img_size or img_h/img_w should be specified; not both")
-        if not (param.img_h > 0 and param.img_w > 0):
-            raise LayerConfigError(
-                f"PriorBox: img_h={param.img_h}, img_w={param.img_w}: both must be given and larger than 0"
-            )
-        image_hw = (int(param.img_h), int(param.img_w))
-    elif has("img_size"):
-        if not param.img_size > 0:
-            raise LayerConfigError("PriorBox: img_size should be larger than 0")
-        image_hw = (int(param.img_size), int(param.img_size))
-    if has("step_h") or has("step_w"):
-        if has("step"):
-            raise LayerConfigError("PriorBox: either step or step_h/step_w should be specified; not both")
-        if not (param.step_h > 0 and param.step_w > 0):
-            raise LayerConfigError(
-                f"PriorBox: step_h={param.step_h}, step_w={param.step_w}: both must be given and larger than 0"
-            )
-        step_h, step_w = float(param.step_h), float(param.step_w)
-    elif has("step"):
-        if not param.step > 0:
-            raise LayerConfigError(f"PriorBox: step={param.step} should be larger than 0")
-        step_h = step_w = float(param.step)
-    else:
-        step_h = step_w = 0.0
-    variances = _variances([float(v) for v in param.variance])
-    kwargs: dict[str, Any] = dict(
-        feature_hw=_hw(layer, "feature_hw", feature_hw),
-        image_hw=_hw(layer, "image_hw", image_hw),
-        min_sizes=[float(v) for v in param.min_size],
-        max_sizes=[float(v) for v in param.max_size],
-        aspect_ratios=[float(v) for v in param.aspect_ratio],
-        flip=bool(param.flip),
-        clip=bool(param.clip),
+    _check_nchw("PriorBox", feature=feature, image=image)
+    image_hw = (img_h, img_w) if img_h > 0 and img_w > 0 else (int(image.shape[2]), int(image.shape[3]))
+    return prior_box(
+        (int(feature.shape[2]), int(feature.shape[3])),
+        image_hw,
+        min_sizes=min_sizes,
+        max_sizes=max_sizes,
+        aspect_ratios=aspect_ratios,
+        flip=flip,
+        clip=clip,
         variances=variances,
         step_h=step_h,
         step_w=step_w,
-        offset=float(param.offset),
+        offset=offset,
+        dtype=feature.dtype if feature.is_floating_point() else torch.float32,
+        device=feature.device,
     )
-    prior_box_sizes(kwargs["min_sizes"], kwargs["max_sizes"], kwargs["aspect_ratios"], kwargs["flip"])  # validate
-    return kwargs
 
 
-class PriorBox(CaffeLayer):
-    """SSD's ``PriorBox`` layer: ``forward(feature, image)`` -> ``(1, 2, H*W*P*4)`` (see :func:`prior_box`).
+@prior_box_op.register_fake
+def _prior_box_fake(
+    feature: Tensor,
+    image: Tensor,
+    min_sizes: list[float],
+    max_sizes: list[float],
+    aspect_ratios: list[float],
+    flip: bool,
+    clip: bool,
+    variances: list[float],
+    step_h: float,
+    step_w: float,
+    offset: float,
+    img_h: int,
+    img_w: int,
+) -> Tensor:
+    """The output's shape from the input shapes and the settings (also the meta-device kernel,
+    which the net's shape inference runs): ``(1, 2, H * W * num_priors * 4)``."""
+    _check_nchw("PriorBox", feature=feature, image=image)
+    num_priors = len(prior_box_sizes(min_sizes, max_sizes, aspect_ratios, flip))  # validates them too
+    _variances(variances)
+    dtype = feature.dtype if feature.is_floating_point() else torch.float32
+    return feature.new_empty((1, 2, feature.shape[2] * feature.shape[3] * num_priors * 4), dtype=dtype)
 
-    Only the shapes of the two NCHW inputs are used (the feature map's ``H, W`` and the
-    image's ``img_h, img_w``, unless ``img_hw`` overrides the latter).  The result takes the
-    feature map's dtype (float32 for non-float inputs) and device.  No parameters.
 
-    Args:
-        min_sizes, max_sizes, aspect_ratios, flip, clip, variances, step_h, step_w, offset: as
-            in :func:`prior_box` (``step_h``/``step_w`` already resolved from ``step``).
-        img_hw: the resolved ``img_size`` / ``img_h`` + ``img_w`` override, or None.
-    """
-
-    caffe_type = "PriorBox"
-
-    def __init__(
-        self,
-        min_sizes: Sequence[float],
-        max_sizes: Sequence[float] = (),
-        aspect_ratios: Sequence[float] = (),
-        flip: bool = True,
-        clip: bool = False,
-        variances: Sequence[float] = (0.1,),
-        step_h: float = 0.0,
-        step_w: float = 0.0,
-        offset: float = 0.5,
-        img_hw: tuple[int, int] | None = None,
-    ) -> None:
-        super().__init__()
-        self.min_sizes = [float(v) for v in min_sizes]
-        self.max_sizes = [float(v) for v in max_sizes]
-        self.aspect_ratios = [float(v) for v in aspect_ratios]
-        self.flip = bool(flip)
-        self.clip = bool(clip)
-        self.variances = [float(v) for v in variances]
-        self.step_h = float(step_h)
-        self.step_w = float(step_w)
-        self.offset = float(offset)
-        self.img_hw = None if img_hw is None else _hw("PriorBox", "img_hw", img_hw)
-        # Validate now (a bad prototxt should fail when the model is built, not at forward).
-        self.num_priors = len(prior_box_sizes(self.min_sizes, self.max_sizes, self.aspect_ratios, self.flip))
-        prior_box((1, 1), (1, 1), **self._settings())
-
-    @classmethod
-    def from_param(cls, param: Any) -> PriorBox:
-        """Build from a ``caffe.PriorBoxParameter`` message (checks as :func:`resolve_prior_box_param`)."""
-        kw = resolve_prior_box_param(param, (1, 1), (1, 1))
-        has_img = param.HasField("img_size") or param.HasField("img_h") or param.HasField("img_w")
-        image_hw = kw.pop("image_hw")
-        del kw["feature_hw"]
-        return cls(**kw, img_hw=image_hw if has_img else None)
-
-    def _settings(self) -> dict[str, Any]:
-        return dict(
-            min_sizes=self.min_sizes,
-            max_sizes=self.max_sizes,
-            aspect_ratios=self.aspect_ratios,
-            flip=self.flip,
-            clip=self.clip,
-            variances=self.variances,
-            step_h=self.step_h,
-            step_w=self.step_w,
-            offset=self.offset,
-        )
-
-    def forward(self, feature: Tensor, image: Tensor) -> Tensor:
-        for name, t in (("feature", feature), ("image", image)):
-            if t.dim() != 4:
-                raise InputShapeError(f"PriorBox: {name} has shape {tuple(t.shape)}, expected NCHW (4 dimensions)")
-        dtype = feature.dtype if feature.is_floating_point() else torch.float32
-        image_hw = self.img_hw or (int(image.shape[2]), int(image.shape[3]))
-        return prior_box(
-            (int(feature.shape[2]), int(feature.shape[3])),
-            image_hw,
-            **self._settings(),
-            dtype=dtype,
-            device=feature.device,
-        )
-
-    def extra_repr(self) -> str:
-        s = f"min_sizes={self.min_sizes}, max_sizes={self.max_sizes}, aspect_ratios={self.aspect_ratios}"
-        s += f", flip={self.flip}, clip={self.clip}, variances={self.variances}, offset={self.offset}"
-        if self.step_h or self.step_w:
-            s += f", step_h={self.step_h}, step_w={self.step_w}"
-        if self.img_hw:
-            s += f", img_hw={self.img_hw}"
-        return s
+_no_gradient(prior_box_op, 13)  # 13 arguments: feature, image and 11 settings
 
 
 # ---------------------------------------------------------------------------------------
@@ -696,6 +653,24 @@ def _blob_2d(name: str, t: Tensor, n: int | None, channels: int) -> Tensor:
     return t.reshape(t.shape[0], channels)
 
 
+def _detection_shapes(
+    loc: Tensor, conf: Tensor, prior: Tensor, num_classes: int, share_location: bool
+) -> tuple[int, int, int]:
+    """Check DetectionOutput's bottoms: ``(num_priors, num_loc_classes, batch)``.
+
+    Reads only shapes, so the fake kernel runs it too (an ill-shaped net then fails at export)."""
+    if prior.dim() != 3 or prior.shape[0] != 1 or prior.shape[1] != 2 or prior.shape[2] % 4:
+        raise InputShapeError(
+            f"DetectionOutput: prior has shape {tuple(prior.shape)}, expected (1, 2, num_priors*4) from PriorBox"
+        )
+    num_priors = prior.shape[2] // 4
+    num_loc = 1 if share_location else num_classes
+    n = loc.shape[0] if loc.dim() else 0
+    _blob_2d("loc", loc, None, num_priors * num_loc * 4)
+    _blob_2d("conf", conf, n, num_priors * num_classes)
+    return num_priors, num_loc, n
+
+
 def detection_output(
     loc: Tensor,
     conf: Tensor,
@@ -746,13 +721,7 @@ def detection_output(
         )
     )
     with torch.no_grad():
-        if prior.dim() != 3 or prior.shape[0] != 1 or prior.shape[1] != 2 or prior.shape[2] % 4:
-            raise InputShapeError(
-                f"DetectionOutput: prior has shape {tuple(prior.shape)}, expected (1, 2, num_priors*4) from PriorBox"
-            )
-        num_priors = prior.shape[2] // 4
-        num_loc = 1 if share_location else num_classes
-        n = loc.shape[0] if loc.dim() else 0
+        num_priors, num_loc, n = _detection_shapes(loc, conf, prior, num_classes, share_location)
         loc2 = _blob_2d("loc", loc, None, num_priors * num_loc * 4)
         conf2 = _blob_2d("conf", conf, n, num_priors * num_classes)
         out_dtype = loc.dtype if loc.is_floating_point() else torch.float32
@@ -808,128 +777,73 @@ def detection_output(
         return out.to(out_dtype).view(1, 1, out.shape[0], 7)
 
 
-def resolve_detection_output_param(param: Any) -> dict[str, Any]:
-    """Keyword arguments for :func:`detection_output` from a ``caffe.DetectionOutputParameter``.
+# Data-dependent output (the number of kept rows): a custom op whose fake kernel gives the rows
+# as an unbacked symbolic size, so torch.export / torch.compile(fullgraph=True) keep it dynamic
+# and torch.jit.trace records the op instead of baking one input's row count into the graph.
+@torch.library.custom_op("caffenorm::detection_output", mutates_args=())
+def detection_output_op(
+    loc: Tensor,
+    conf: Tensor,
+    prior: Tensor,
+    num_classes: int,
+    share_location: bool,
+    background_label_id: int,
+    nms_threshold: float,
+    top_k: int,
+    eta: float,
+    keep_top_k: int,
+    confidence_threshold: float | None,
+    code_type: str,
+    variance_encoded_in_target: bool,
+) -> Tensor:
+    """``caffenorm::detection_output``: :func:`detection_output` as one op, ``(1, 1, num_kept, 7)``.
 
-    Caffe's rules (``DetectionOutputLayer::LayerSetUp``): ``num_classes`` is required;
-    ``confidence_threshold`` is ``-FLT_MAX`` unless set (returned as None); ``nms_param``
-    gives ``nms_threshold`` (default 0.3, must be >= 0), ``eta`` (default 1, in (0, 1]) and
-    ``top_k`` (-1 unless set); ``code_type`` defaults to CORNER in caffe.proto.
-
-    Side effects only, not supported: ``save_output_param`` (Caffe writes VOC/COCO/ILSVRC
-    result files and *deletes* ``output_directory`` first) and ``visualize`` (draws on a 4th
-    bottom) do not change the output blob; they are ignored with a warning.
+    ``num_kept`` depends on the data (an unbacked size under ``torch.export``). ``code_type`` is a
+    name (CORNER, CENTER_SIZE, CORNER_SIZE); ``confidence_threshold`` None means ``-FLT_MAX``.
+    No gradient (Caffe's ``Backward_cpu`` is NOT_IMPLEMENTED).
     """
-    if not param.HasField("num_classes"):
-        raise LayerConfigError("DetectionOutput: detection_output_param must specify num_classes")
-    nms_param = param.nms_param
-    if param.HasField("save_output_param") and param.save_output_param.output_directory:
-        warnings.warn(
-            "DetectionOutput: save_output_param is ignored; caffenorm does not write result files "
-            f"(output_directory {param.save_output_param.output_directory!r} is left untouched). "
-            "The detections are in the output tensor.",
-            UserWarning,
-            stacklevel=2,
-        )
-    if param.visualize:
-        warnings.warn(
-            "DetectionOutput: visualize is ignored; caffenorm draws nothing (the output is unchanged)",
-            UserWarning,
-            stacklevel=2,
-        )
-    kwargs: dict[str, Any] = dict(
-        num_classes=int(param.num_classes),
-        share_location=bool(param.share_location),
-        background_label_id=int(param.background_label_id),
-        nms_threshold=float(nms_param.nms_threshold),
-        top_k=int(nms_param.top_k) if nms_param.HasField("top_k") else -1,
-        eta=float(nms_param.eta),
-        keep_top_k=int(param.keep_top_k),
-        confidence_threshold=float(param.confidence_threshold) if param.HasField("confidence_threshold") else None,
-        code_type=_code_name(int(param.code_type)),
-        variance_encoded_in_target=bool(param.variance_encoded_in_target),
+    return detection_output(
+        loc,
+        conf,
+        prior,
+        num_classes=num_classes,
+        share_location=share_location,
+        background_label_id=background_label_id,
+        nms_threshold=nms_threshold,
+        top_k=top_k,
+        eta=eta,
+        keep_top_k=keep_top_k,
+        confidence_threshold=confidence_threshold,
+        code_type=code_type,
+        variance_encoded_in_target=variance_encoded_in_target,
     )
-    _check_detection_settings(
-        kwargs["num_classes"],
-        kwargs["share_location"],
-        kwargs["background_label_id"],
-        kwargs["nms_threshold"],
-        kwargs["top_k"],
-        kwargs["eta"],
-        kwargs["keep_top_k"],
-        kwargs["confidence_threshold"],
-        kwargs["code_type"],
-    )
-    return kwargs
 
 
-class DetectionOutput(CaffeLayer):
-    """SSD's ``DetectionOutput`` layer: ``forward(loc, conf, prior)`` -> ``(1, 1, num_kept, 7)``.
+@detection_output_op.register_fake
+def _detection_output_fake(
+    loc: Tensor,
+    conf: Tensor,
+    prior: Tensor,
+    num_classes: int,
+    share_location: bool,
+    background_label_id: int,
+    nms_threshold: float,
+    top_k: int,
+    eta: float,
+    keep_top_k: int,
+    confidence_threshold: float | None,
+    code_type: str,
+    variance_encoded_in_target: bool,
+) -> Tensor:
+    """``(1, 1, u, 7)`` with ``u`` a new unbacked size (``u >= 0``), in ``loc``'s float dtype."""
+    num_classes = _check_detection_settings(
+        num_classes, share_location, background_label_id, nms_threshold, top_k, eta, keep_top_k,
+        confidence_threshold, code_type,
+    )[0]
+    _detection_shapes(loc, conf, prior, num_classes, share_location)
+    rows = torch.library.get_ctx().new_dynamic_size()
+    dtype = loc.dtype if loc.is_floating_point() else torch.float32
+    return loc.new_empty((1, 1, rows, 7), dtype=dtype)
 
-    See :func:`detection_output` for the computation and the arguments; :meth:`from_param`
-    builds one from a ``caffe.DetectionOutputParameter``.  No parameters, no gradient.
-    """
 
-    caffe_type = "DetectionOutput"
-    shape_inference = False  # the number of detections depends on the data
-
-    def __init__(
-        self,
-        num_classes: int,
-        share_location: bool = True,
-        background_label_id: int = 0,
-        nms_threshold: float = 0.3,
-        top_k: int = -1,
-        eta: float = 1.0,
-        keep_top_k: int = -1,
-        confidence_threshold: float | None = None,
-        code_type: str | int = "CENTER_SIZE",
-        variance_encoded_in_target: bool = False,
-    ) -> None:
-        super().__init__()
-        (
-            self.num_classes,
-            self.background_label_id,
-            self.nms_threshold,
-            self.top_k,
-            self.eta,
-            self.keep_top_k,
-            self.confidence_threshold,
-            self.code_type,
-        ) = _check_detection_settings(
-            num_classes,
-            share_location,
-            background_label_id,
-            nms_threshold,
-            top_k,
-            eta,
-            keep_top_k,
-            confidence_threshold,
-            code_type,
-        )
-        self.share_location = bool(share_location)
-        self.variance_encoded_in_target = bool(variance_encoded_in_target)
-
-    @classmethod
-    def from_param(cls, param: Any) -> DetectionOutput:
-        return cls(**resolve_detection_output_param(param))
-
-    def settings(self) -> Mapping[str, Any]:
-        return dict(
-            num_classes=self.num_classes,
-            share_location=self.share_location,
-            background_label_id=self.background_label_id,
-            nms_threshold=self.nms_threshold,
-            top_k=self.top_k,
-            eta=self.eta,
-            keep_top_k=self.keep_top_k,
-            confidence_threshold=self.confidence_threshold,
-            code_type=self.code_type,
-            variance_encoded_in_target=self.variance_encoded_in_target,
-        )
-
-    def forward(self, loc: Tensor, conf: Tensor, prior: Tensor) -> Tensor:
-        return detection_output(loc, conf, prior, **self.settings())
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
+_no_gradient(detection_output_op, 13)  # 13 arguments: loc, conf, prior and 10 settings

@@ -36,12 +36,31 @@ with Caffe's numbers do not always reproduce Caffe. Everything here follows BVLC
 * ``src/caffe/layers/deconv_layer.cpp`` (``compute_output_shape``):
   ``out = stride*(in-1) + dilation*(k-1)+1 - 2*pad``.
 
-Only the facts are taken from Caffe; the code is our own. :func:`caffe_pool2d` pads explicitly
-(left/top by ``pad``, right/bottom by exactly what the last window needs, or crops what no window
-reads), runs ``F.max_pool2d`` / ``F.avg_pool2d`` without implicit padding, and for AVE divides the
-window sums by a divisor map computed from Caffe's rule. It is differentiable with autograd, and
-its gradients equal Caffe's ``Backward_cpu`` (MAX: the first maximum in row-major order gets
-the gradient; AVE: ``top_diff / pool_size`` spread over the in-image window).
+Only the facts are taken from Caffe; the code is our own. :func:`caffe_pool2d` uses only standard
+ops that every exporter understands (``torch.jit.trace``, ``torch.export``, ``torch.compile``,
+``torch.onnx.export``): no ``divisor_override`` (ONNX's AveragePool has no such attribute and the
+TorchScript-based ONNX exporter drops it, so an exported model would divide twice), no read of the
+batch size, no branch on tensor values; only the static H and W are read as Python ints.
+
+* MAX: pad explicitly with ``-inf`` (``pad`` before; after, exactly what the last window reaches,
+  cropping input that no window reads), ``F.max_pool2d`` without implicit padding, then clamp at
+  ``-FLT_MAX``.
+* AVE, windows inside the padded input (``(out-1)*stride + kernel <= size + 2*pad`` on both axes,
+  true for every FLOOR-mode layer and most CEIL-mode ones): every Caffe divisor is ``kh*kw``. Where
+  torch accepts the padding (``pad <= kernel/2``) that is exactly
+  ``F.avg_pool2d(x, kernel, stride, pad, ceil_mode=False, count_include_pad=True)``, one ONNX
+  AveragePool; otherwise explicit zero padding and ``F.avg_pool2d`` without padding.
+* AVE, windows overhanging the padded input (CEIL mode at the bottom/right edge, also windows
+  lying beyond an unpadded image): explicit zero padding to the extent the windows read,
+  ``F.avg_pool2d(xp, kernel, stride)`` (window sum / ``kh*kw``), times the constant map
+  ``kh*kw / pool_size`` of Caffe's divisors. Where ``pool_size`` is 0 the map is ``inf`` and the
+  empty window gives ``0 * inf = NaN``; where it is negative the result is ``-0``, both as in
+  Caffe. This path rounds twice, so it can differ from Caffe's single ``sum / pool_size`` in the
+  last bit or so of float32 (about 1.5 ulp at most).
+
+It is differentiable with autograd, and its gradients equal Caffe's ``Backward_cpu`` up to that
+rounding (MAX: the first maximum in row-major order gets the gradient; AVE: ``top_diff /
+pool_size`` spread over the in-image window).
 
 How this compares with PyTorch (torch 2.13, CPU): ``F.avg_pool2d(ceil_mode=True,
 count_include_pad=True)`` uses the same divisor rule (``min(start+k, size+pad)`` before
@@ -50,11 +69,16 @@ It rejects ``pad > kernel/2`` (Caffe allows any ``pad < kernel``) and kernels la
 padded input, and it drops windows that start at or beyond the input even when ``pad == 0``
 (Caffe keeps them). ``F.max_pool2d`` has the same restrictions. ``ceil_mode=False`` (PyTorch's
 default) gives fewer outputs than Caffe's default CEIL whenever ``(size + 2*pad - kernel)`` is
-not a multiple of ``stride``.
+not a multiple of ``stride``. We still do not use ``ceil_mode=True`` for the overhanging windows:
+exported by ``torch.onnx.export`` (as a Pad and an AveragePool with ``ceil_mode=1``), its output
+shape is where ONNX tools disagree -- for a 5x5 input, kernel 2, stride 2, pad 1, the graph
+declares 4x4 (onnx 1.23 shape inference, without the drop rule) while torch and onnxruntime 1.32
+compute 3x3. A zero Pad, a floor-mode AveragePool and a constant Mul leave no such corner.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Union
 
 import torch
@@ -66,8 +90,6 @@ from caffenorm.errors import InputShapeError, LayerConfigError
 __all__ = [
     "pooled_size",
     "caffe_pool2d",
-    "resolve_pooling_param",
-    "resolve_convolution_param",
     "conv_output_size",
     "deconv_output_size",
 ]
@@ -86,10 +108,6 @@ MethodLike = Union[str, int]
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def _where(layer: str, layer_name: str | None) -> str:
-    return f"{layer} layer {layer_name!r}" if layer_name else layer
 
 
 def _enum_name(value: MethodLike, names: tuple[str, ...], what: str, layer: str) -> str:
@@ -196,10 +214,61 @@ def deconv_output_size(size: int, kernel: int, stride: int = 1, pad: int = 0, di
 
 
 def _ave_divisor(out: int, size: int, kernel: int, stride: int, pad: int) -> Tensor:
-    """Caffe's AVE ``pool_size`` factor along one axis: ``min(start+kernel, size+pad) - start``."""
+    """Caffe's AVE ``pool_size`` factor along one axis: ``min(start+kernel, size+pad) - start``
+    with ``start = p*stride - pad`` for ``p < out`` (int64, on the CPU).
+
+    Built from ``arange`` of static sizes, so tracers record it as constant ops (``torch.tensor``
+    of a Python list would be a ``TracerWarning`` under ``torch.jit.trace``)."""
     start = torch.arange(out, dtype=torch.int64) * stride - pad
     end = torch.clamp(start + kernel, max=size + pad)
     return end - start
+
+
+def _pad_to_windows(
+    x: Tensor, hw: IntPair, out: IntPair, kernel: IntPair, stride: IntPair, pad: IntPair, value: float
+) -> Tensor:
+    """``x`` padded with ``value``: ``pad`` before and, after, exactly up to the end of the last
+    window (``(out-1)*stride + kernel - pad``); input beyond that end, which no window reads, is
+    cropped. Pooling the result without implicit padding gives exactly ``out`` windows per axis.
+
+    Cropping is a slice rather than a negative pad: a plainer exported graph (Slice, then a Pad
+    with non-negative amounts)."""
+    ends = [(o - 1) * s + k - p for o, s, k, p in zip(out, stride, kernel, pad)]
+    if ends[0] < hw[0]:
+        x = x[:, :, : ends[0], :]
+    if ends[1] < hw[1]:
+        x = x[:, :, :, : ends[1]]
+    pads = (pad[1], max(0, ends[1] - hw[1]), pad[0], max(0, ends[0] - hw[0]))
+    return F.pad(x, pads, value=value) if any(pads) else x
+
+
+def _fits(
+    hw: Sequence[int], out: Sequence[int], kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int]
+) -> bool:
+    """Whether every window lies inside the padded input: ``(out-1)*stride + kernel <= size + 2*pad``
+    on both axes. Then every Caffe AVE divisor is ``kh*kw`` (``start + kernel <= size + pad``)."""
+    return all((o - 1) * s + k <= n + 2 * p for n, o, k, s, p in zip(hw, out, kernel, stride, pad))
+
+
+def _avg_pool(x: Tensor, hw: IntPair, out: IntPair, kernel: IntPair, stride: IntPair, pad: IntPair) -> Tensor:
+    """Caffe's AVE pooling, ``sum(clipped window) / pool_size``, with standard ops only (see the
+    module docstring): one ``F.avg_pool2d`` where its divisor ``kh*kw`` is Caffe's everywhere, else
+    explicit padding, ``F.avg_pool2d`` and the constant map ``kh*kw / pool_size``."""
+    fits = _fits(hw, out, kernel, stride, pad)
+    if fits and all(2 * p <= k for p, k in zip(pad, kernel)):
+        # torch's floor-mode count equals Caffe's here: the windows fit, and Caffe's drop rule never
+        # removes a window that fits (it starts before size + 2*pad - kernel < size + pad).
+        return F.avg_pool2d(x, kernel, stride, pad, ceil_mode=False, count_include_pad=True)
+    y = F.avg_pool2d(_pad_to_windows(x, hw, out, kernel, stride, pad, 0.0), kernel, stride)
+    if fits:
+        return y  # pad > kernel/2, which torch's own padding refuses; divisors are all kh*kw
+    div_h = _ave_divisor(out[0], hw[0], kernel[0], stride[0], pad[0])
+    div_w = _ave_divisor(out[1], hw[1], kernel[1], stride[1], pad[1])
+    # kh*kw / pool_size in float64, then rounded once to the compute dtype: inf where pool_size is
+    # 0 (0 * inf = NaN, Caffe's 0/0) and negative where it is negative (0 * c = -0, Caffe's 0/c).
+    divisor = (div_h[:, None] * div_w[None, :]).to(torch.float64)
+    correction = (float(kernel[0] * kernel[1]) / divisor).to(y.dtype).to(y.device)
+    return y * correction
 
 
 def caffe_pool2d(
@@ -222,7 +291,9 @@ def caffe_pool2d(
       ``>`` comparison would skip them).
     * ``"AVE"``: ``sum(x over the clipped window) / pool_size`` with
       ``pool_size = (min(hstart+kh, H+pad_h) - hstart) * (min(wstart+kw, W+pad_w) - wstart)``
-      taken before clipping. An empty window gives ``0`` (NaN when ``pool_size`` is 0).
+      taken before clipping. An empty window gives ``0`` (NaN when ``pool_size`` is 0, ``-0``
+      when it is negative). Computed without ``divisor_override`` (see the module docstring), equal
+      to that quotient up to float rounding (about 1.5 ulp where the windows overhang).
     * ``"STOCHASTIC"``: Caffe's CPU code is ``NOT_IMPLEMENTED`` (only its GPU kernels sample / take
       the probability-weighted average), so it raises :class:`~caffenorm.errors.LayerConfigError`.
 
@@ -232,6 +303,9 @@ def caffe_pool2d(
     ``method`` and ``round_mode`` accept the enum names (any case) or their numbers
     (MAX=0, AVE=1, STOCHASTIC=2; CEIL=0, FLOOR=1). fp16/bf16 inputs are computed in float32 and
     returned in their own dtype.
+
+    Traceable and exportable: only H and W are read (as ints; ``torch.jit.trace`` fixes them, not
+    the batch size), nothing branches on tensor values, and every op has an ONNX counterpart.
     """
     layer = "Pooling"
     name = _enum_name(method, _POOL_METHODS, "pool", layer)
@@ -292,280 +366,11 @@ def caffe_pool2d(
     if x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()
 
-    # Explicit padding: `pad` before, and after exactly what the last window reaches (a negative
-    # amount crops input that no window reads). The op then pools without implicit padding and
-    # produces exactly out_h x out_w windows.
-    extent_h = (out_h - 1) * stride[0] + kernel[0]
-    extent_w = (out_w - 1) * stride[1] + kernel[1]
-    pads = (pad[1], extent_w - pad[1] - W, pad[0], extent_h - pad[0] - H)
+    hw, out = (H, W), (out_h, out_w)
     if name == "MAX":
-        xp = F.pad(x, pads, value=float("-inf"))
-        y = F.max_pool2d(xp, kernel, stride)
-        y = torch.clamp(y, min=-_FLT_MAX)  # Caffe's running max starts at -FLT_MAX
+        # -inf never wins against an image value; Caffe's running max starts at -FLT_MAX.
+        y = F.max_pool2d(_pad_to_windows(x, hw, out, kernel, stride, pad, float("-inf")), kernel, stride)
+        y = torch.clamp(y, min=-_FLT_MAX)
     else:
-        xp = F.pad(x, pads, value=0.0)
-        sums = F.avg_pool2d(xp, kernel, stride, divisor_override=1)
-        div_h = _ave_divisor(out_h, H, kernel[0], stride[0], pad[0])
-        div_w = _ave_divisor(out_w, W, kernel[1], stride[1], pad[1])
-        divisor = (div_h[:, None] * div_w[None, :]).to(device=sums.device, dtype=sums.dtype)
-        y = sums / divisor
+        y = _avg_pool(x, hw, out, kernel, stride, pad)
     return y.to(orig_dtype)
-
-
-# ---------------------------------------------------------------------------------------------
-# Parameter messages
-# ---------------------------------------------------------------------------------------------
-
-
-def _has(msg: Any, field: str) -> bool:
-    return bool(msg.HasField(field))
-
-
-def _enum_value_name(msg: Any, field: str) -> str:
-    fd = msg.DESCRIPTOR.fields_by_name[field]
-    return str(fd.enum_type.values_by_number[getattr(msg, field)].name)
-
-
-def resolve_pooling_param(
-    param: Any,
-    input_hw: IntPair | None = None,
-    *,
-    layer_name: str | None = None,
-) -> dict[str, Any]:
-    """A ``caffe.PoolingParameter`` message as keyword arguments for :func:`caffe_pool2d`.
-
-    Returns ``{"method", "kernel_hw", "stride_hw", "pad_hw", "round_mode", "global_pooling"}``.
-    Applies the checks of ``PoolingLayer::LayerSetUp`` (pooling_layer.cpp), raising
-    :class:`~caffenorm.errors.LayerConfigError`:
-
-    * kernel: ``kernel_size``, or both ``kernel_h`` and ``kernel_w``; every value > 0. (Caffe's own
-      check lets ``kernel_size`` together with a lone ``kernel_h`` or ``kernel_w`` through and then
-      uses ``kernel_size``; so does this function.) With ``global_pooling`` no kernel field may be
-      set and the kernel is ``input_hw`` (``None`` if ``input_hw`` is not given).
-    * pad: ``pad``, or both ``pad_h`` and ``pad_w`` (not mixed); stride likewise (stride must be
-      > 0, which Caffe does not check but divides by).
-    * with any pad non-zero: ``pool`` must be MAX or AVE and ``pad < kernel`` per axis.
-    * with ``global_pooling``: pad 0 and stride 1.
-    * ``pool: STOCHASTIC`` is accepted here (Caffe accepts it at setup); :func:`caffe_pool2d`
-      raises for it.
-
-    ``engine`` is ignored. With ``input_hw`` given, an empty output is reported as
-    :class:`~caffenorm.errors.InputShapeError`.
-    """
-    layer = _where("Pooling", layer_name)
-    method = _enum_value_name(param, "pool")
-    round_mode = _enum_value_name(param, "round_mode")
-    global_pooling = bool(param.global_pooling)
-
-    has_ks, has_kh, has_kw = _has(param, "kernel_size"), _has(param, "kernel_h"), _has(param, "kernel_w")
-    kernel: IntPair | None
-    if global_pooling:
-        if has_ks or has_kh or has_kw:
-            set_fields = [f for f, s in (("kernel_size", has_ks), ("kernel_h", has_kh), ("kernel_w", has_kw)) if s]
-            raise LayerConfigError(
-                f"{layer}: global_pooling: true takes the kernel from the input; {', '.join(set_fields)} must not "
-                "be set"
-            )
-        kernel = None if input_hw is None else _pair(layer, "input_hw", tuple(input_hw), minimum=1)
-    else:
-        if has_ks:
-            kernel = (int(param.kernel_size), int(param.kernel_size))
-        elif has_kh and has_kw:
-            kernel = (int(param.kernel_h), int(param.kernel_w))
-        elif has_kh or has_kw:
-            given, missing = ("kernel_h", "kernel_w") if has_kh else ("kernel_w", "kernel_h")
-            raise LayerConfigError(
-                f"{layer}: {given}={getattr(param, given)} is set without {missing}; a non-square kernel needs both "
-                "kernel_h and kernel_w (or use kernel_size)"
-            )
-        else:
-            raise LayerConfigError(
-                f"{layer}: no kernel size; set kernel_size, or kernel_h and kernel_w, or global_pooling: true"
-            )
-        for axis, k in zip("hw", kernel):
-            if k <= 0:
-                field = "kernel_size" if has_ks else f"kernel_{axis}"
-                raise LayerConfigError(f"{layer}: {field}=0 is not allowed; filter dimensions must be > 0")
-
-    def _pair_field(base: str, default: int) -> IntPair:
-        has_one, has_h, has_w = _has(param, base), _has(param, f"{base}_h"), _has(param, f"{base}_w")
-        if has_h or has_w:
-            if has_one:
-                raise LayerConfigError(
-                    f"{layer}: {base}={getattr(param, base)} is set together with {base}_h/{base}_w; give {base} OR "
-                    f"both {base}_h and {base}_w"
-                )
-            if not (has_h and has_w):
-                given, missing = (f"{base}_h", f"{base}_w") if has_h else (f"{base}_w", f"{base}_h")
-                raise LayerConfigError(
-                    f"{layer}: {given}={getattr(param, given)} is set without {missing}; give {base} OR both "
-                    f"{base}_h and {base}_w"
-                )
-            return int(getattr(param, f"{base}_h")), int(getattr(param, f"{base}_w"))
-        v = int(getattr(param, base)) if has_one else default
-        return v, v
-
-    pad = _pair_field("pad", 0)
-    stride = _pair_field("stride", 1)
-    for axis, s in zip("hw", stride):
-        if s <= 0:
-            field = f"stride_{axis}" if _has(param, f"stride_{axis}") else "stride"
-            raise LayerConfigError(f"{layer}: {field}={s} is not allowed; the stride must be >= 1")
-    if global_pooling and (pad != (0, 0) or stride != (1, 1)):
-        raise LayerConfigError(
-            f"{layer}: with global_pooling: true only pad = 0 and stride = 1 are allowed; got pad {pad}, "
-            f"stride {stride}"
-        )
-    if pad != (0, 0):
-        if method not in ("MAX", "AVE"):
-            raise LayerConfigError(
-                f"{layer}: pool={method} with pad {pad} is not allowed; Caffe implements padding only for MAX and "
-                "AVE pooling (set pad to 0)"
-            )
-        assert kernel is not None  # global pooling has pad 0
-        for axis, p, k in zip("hw", pad, kernel):
-            if p >= k:
-                field = f"pad_{axis}" if _has(param, f"pad_{axis}") else "pad"
-                kfield = "kernel_size" if has_ks else f"kernel_{axis}"
-                raise LayerConfigError(
-                    f"{layer}: {field}={p} is not allowed with {kfield}={k}; Caffe requires pad < kernel"
-                )
-
-    if input_hw is not None and kernel is not None:
-        H, W = _pair(layer, "input_hw", tuple(input_hw), minimum=0)
-        any_pad = pad != (0, 0)
-        out = (
-            pooled_size(H, kernel[0], stride[0], pad[0], round_mode, any_pad=any_pad),
-            pooled_size(W, kernel[1], stride[1], pad[1], round_mode, any_pad=any_pad),
-        )
-        if min(out) < 1:
-            raise InputShapeError(
-                f"{layer}: input {H}x{W} with kernel {kernel}, stride {stride}, pad {pad} gives an output of "
-                f"{out[0]}x{out[1]}; the kernel must fit into the padded input"
-            )
-
-    return {
-        "method": method,
-        "kernel_hw": kernel,
-        "stride_hw": stride,
-        "pad_hw": pad,
-        "round_mode": round_mode,
-        "global_pooling": global_pooling,
-    }
-
-
-def resolve_convolution_param(
-    param: Any,
-    num_spatial_axes: int = 2,
-    *,
-    in_channels: int | None = None,
-    layer_type: str = "Convolution",
-    layer_name: str | None = None,
-) -> dict[str, Any]:
-    """A ``caffe.ConvolutionParameter`` as plain values, with ``BaseConvolutionLayer::LayerSetUp``'s checks.
-
-    Returns ``{"num_output", "bias_term", "group", "kernel_size", "stride", "pad", "dilation",
-    "axis"}``; the four geometry entries are tuples with one value per spatial axis. For 2-D they
-    map directly onto ``F.conv2d(stride=..., padding=..., dilation=..., groups=...)`` /
-    ``F.conv_transpose2d`` (see :func:`conv_output_size` / :func:`deconv_output_size`).
-
-    Rules (base_conv_layer.cpp), violations raise :class:`~caffenorm.errors.LayerConfigError`:
-
-    * ``kernel_size``, ``stride``, ``pad``, ``dilation`` are repeated: one value for every axis, or
-      one per spatial axis (``kernel_size`` is required; the others default to 1, 0, 1).
-    * ``kernel_h``/``kernel_w``, ``stride_h``/``stride_w``, ``pad_h``/``pad_w``: 2-D only, and not
-      together with the repeated form of the same field. Caffe reads both members of the pair, so
-      a missing one is 0 (``pad_h: 1`` alone means ``pad_w = 0``; a lone ``kernel_h`` or
-      ``stride_h`` leaves the other 0, which is rejected).
-    * kernel > 0, stride > 0, dilation > 0 (Caffe checks neither stride_h/_w nor dilation, but
-      divides by the stride, and a dilation of 0 is not a convolution PyTorch can run).
-    * ``num_output > 0``; ``group >= 1``, ``num_output % group == 0`` and, when ``in_channels`` is
-      given, ``in_channels % group == 0``.
-    * ``axis`` must be the channel axis 1 (or its negative form ``-(num_spatial_axes + 1)``);
-      other layouts are not supported. ``force_nd_im2col`` and ``engine`` do not change the result
-      and are ignored.
-    """
-    layer = _where(layer_type, layer_name)
-    n = int(num_spatial_axes)
-    if n < 1:
-        raise LayerConfigError(f"{layer}: num_spatial_axes={num_spatial_axes!r} is not allowed; it must be >= 1")
-    axis = int(param.axis)
-    if axis not in (1, -(n + 1)):
-        raise LayerConfigError(
-            f"{layer}: axis={axis} is not supported; only the channel axis 1 (layout N, C, spatial...) is"
-        )
-
-    def _geometry(base: str, hw: tuple[str, str], default: int | None) -> tuple[int, ...]:
-        has_hw = _has(param, hw[0]) or _has(param, hw[1])
-        values = list(getattr(param, base))
-        if has_hw:
-            if n != 2:
-                raise LayerConfigError(
-                    f"{layer}: {hw[0]}/{hw[1]} can only be used for 2-D convolution; this one has {n} spatial axes "
-                    f"(use {base})"
-                )
-            if values:
-                raise LayerConfigError(
-                    f"{layer}: {base}={values} is set together with {hw[0]}/{hw[1]}; give either {base} or "
-                    f"{hw[0]}/{hw[1]}, not both"
-                )
-            return int(getattr(param, hw[0])), int(getattr(param, hw[1]))
-        if not values and default is not None:
-            return (default,) * n
-        if len(values) not in (1, n):
-            raise LayerConfigError(
-                f"{layer}: {base} is given {len(values)} times ({values}); give it once, or once per spatial "
-                f"dimension ({n})"
-            )
-        return tuple(int(v) for v in values) if len(values) == n else (int(values[0]),) * n
-
-    kernel = _geometry("kernel_size", ("kernel_h", "kernel_w"), None)
-    stride = _geometry("stride", ("stride_h", "stride_w"), 1)
-    pad = _geometry("pad", ("pad_h", "pad_w"), 0)
-    dilation_values = list(param.dilation)
-    if dilation_values and len(dilation_values) not in (1, n):
-        raise LayerConfigError(
-            f"{layer}: dilation is given {len(dilation_values)} times ({dilation_values}); give it once, or once "
-            f"per spatial dimension ({n})"
-        )
-    if not dilation_values:
-        dilation: tuple[int, ...] = (1,) * n
-    elif len(dilation_values) == n:
-        dilation = tuple(int(v) for v in dilation_values)
-    else:
-        dilation = (int(dilation_values[0]),) * n
-
-    for what, values, minimum in (("kernel_size", kernel, 1), ("stride", stride, 1), ("dilation", dilation, 1)):
-        if min(values) < minimum:
-            raise LayerConfigError(
-                f"{layer}: {what}={values} is not allowed; every {what} value must be >= {minimum} "
-                "(kernel_h/kernel_w or stride_h/stride_w default to 0 when only one of them is set)"
-            )
-
-    num_output = int(param.num_output)
-    if num_output <= 0:
-        raise LayerConfigError(f"{layer}: num_output={num_output} is not allowed; set num_output > 0")
-    group = int(param.group)
-    if group < 1:
-        raise LayerConfigError(f"{layer}: group={group} is not allowed; it must be >= 1")
-    if num_output % group:
-        raise LayerConfigError(
-            f"{layer}: num_output={num_output} is not a multiple of group={group}; Caffe requires "
-            "num_output % group == 0"
-        )
-    if in_channels is not None and in_channels % group:
-        raise LayerConfigError(
-            f"{layer}: the input has {in_channels} channels, not a multiple of group={group}; Caffe requires "
-            "channels % group == 0"
-        )
-
-    return {
-        "num_output": num_output,
-        "bias_term": bool(param.bias_term),
-        "group": group,
-        "kernel_size": kernel,
-        "stride": stride,
-        "pad": pad,
-        "dilation": dilation,
-        "axis": 1,
-    }
