@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from caffenorm.caffe.registry import layer_table
+from caffenorm.caffe.layers import layer_table
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 START, END = "<!-- layers:start -->", "<!-- layers:end -->"

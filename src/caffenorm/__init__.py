@@ -5,15 +5,19 @@ from caffenorm.errors import (
     BlobError,
     CaffemodelError,
     CaffeNormError,
+    ExportError,
     InputShapeError,
     LayerConfigError,
+    Location,
     ModelFileError,
     NetDefinitionError,
     PrototxtSyntaxError,
     UnsupportedLayerError,
 )
 from caffenorm.functional.lrn import NormRegion
+from caffenorm.caffe.graph import Graph, Node
 from caffenorm.caffe.net import Net, load
+from caffenorm.precision import full_float32
 from caffenorm.nn import LRN, BatchNorm, BatchNormScale, Bias, CaffeLayer, Normalize, Scale
 
 __version__ = "0.1.0"
@@ -27,17 +31,22 @@ __all__ = [
     "CaffemodelError",
     "CaffeLayer",
     "CaffeNormError",
+    "ExportError",
+    "Graph",
     "InputShapeError",
     "LayerConfigError",
+    "Location",
     "ModelFileError",
     "Net",
     "NetDefinitionError",
+    "Node",
     "NormRegion",
     "Normalize",
     "PrototxtSyntaxError",
     "Scale",
     "UnsupportedLayerError",
     "__version__",
+    "full_float32",
     "functional",
     "load",
 ]

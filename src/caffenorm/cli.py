@@ -89,7 +89,7 @@ def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from caffenorm.caffe.net import read_net
-    from caffenorm.caffe.registry import supported_layers
+    from caffenorm.caffe.layers import supported_layers
 
     proto, weights = _model_args(args)
     _, specs = read_net(proto, args.phase)
@@ -120,6 +120,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def _read_input(path: Path, shape: tuple[int, ...] | None, mean: Sequence[float], scale: float) -> np.ndarray:
     from caffenorm.errors import InputShapeError, ModelFileError
+    from caffenorm.transform import Transform, load_image, transform_image
 
     if not path.exists():
         raise ModelFileError(f"{path}: no such input file")
@@ -129,19 +130,13 @@ def _read_input(path: Path, shape: tuple[int, ...] | None, mean: Sequence[float]
             return np.asarray(array, dtype=np.float32)
         except (ValueError, OSError, TypeError) as err:
             raise ModelFileError(f"{path}: not a numeric .npy array: {err}") from None
-    try:
-        import cv2
-    except ImportError:
-        raise ModelFileError(f"{path}: reading images needs OpenCV: pip install 'opencv-python-headless<5'") from None
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # BGR, like Caffe's own tools
-    if image is None:
-        raise ModelFileError(f"{path}: not an image OpenCV can read (give a .npy for raw arrays)")
     if shape is None or len(shape) != 4:
         raise InputShapeError(f"{path}: the net's input shape {shape} is not (N, C, H, W); give a .npy instead")
-    image = cv2.resize(image, (shape[3], shape[2]), interpolation=cv2.INTER_LINEAR).astype(np.float32)
-    if mean:
-        image -= np.asarray(mean, dtype=np.float32)
-    return (image * scale).transpose(2, 0, 1)[None]
+    # As Caffe's tools (ReadImageToCVMat, cpp_classification): BGR uint8, or gray for a 1-channel net;
+    # resized to the input's H x W with INTER_LINEAR, then (pixel - mean) * scale.
+    image = load_image(path, color=shape[1] != 1)
+    transform = Transform(size=(shape[2], shape[3]), mean=tuple(mean), scale=scale)
+    return transform_image(transform, image)[None]
 
 
 def _describe(name: str, value: np.ndarray, top: int) -> str:
@@ -208,7 +203,7 @@ def _compare(net: Any, proto: Path, weights: Path, inputs: dict[str, np.ndarray]
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    from caffenorm.caffe.registry import supported_layers
+    from caffenorm.caffe.layers import supported_layers
 
     print("\n".join(supported_layers()))
     return 0

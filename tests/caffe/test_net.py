@@ -221,17 +221,20 @@ def test_forward_input_errors_name_the_inputs(tmp_path):
         net(torch.randn(2, 3, 5, 5))
 
 
-def test_layer_lines_skip_strings_and_comments():
+def test_layer_lines_come_from_the_parser_and_skip_strings_and_comments():
     text = 'name: "layer {"\n# layer { in a comment\nlayer {\n  name: "a"\n}\n\nlayers { name: "b" }\n'
-    assert io.layer_lines(text) == [3, 7]
+    net, lines = io.parse_prototxt(text)
+    assert lines == [3, 7] and [layer.name for layer in net.layer] == ["a"]
 
 
 @pytest.mark.parametrize("phase", ["test", "train"])
 def test_batch_norm_scale_pairs_run_fused_with_the_same_result(tmp_path, phase):
     proto, model = write_model(tmp_path, NORM_NET, _weights())
-    fused, plain = caffenorm.load(proto, model, phase=phase), caffenorm.load(proto, model, phase=phase)
-    plain.fuse_batch_norm_scale = False
-    assert list(fused._fused) == [2]  # bn (index 2, after input and lrn) with its in-place scale
+    fused, plain = caffenorm.load(proto, model, phase=phase), caffenorm.load(proto, model, phase=phase, fuse=False)
+    # bn (node 2, after input and lrn) with its in-place scale
+    assert [n.type for n in fused.graph] == ["Input", "LRN", "BatchNorm+Scale", "Normalize"]
+    assert [n.name for n in fused.graph.nodes[2].parts] == ["bn", "scale"]
+    assert [n.type for n in plain.graph] == ["Input", "LRN", "BatchNorm", "Scale", "Normalize"]
     x = torch.randn(3, 4, 5, 5, dtype=torch.float64)
     a, b = fused.double()(x)["out"], plain.double()(x)["out"]
     torch.testing.assert_close(a, b)
@@ -297,7 +300,7 @@ def test_negative_input_dimension_is_named(tmp_path):
 def test_input_dtypes_are_checked(tmp_path):
     proto, model = write_model(tmp_path, NORM_NET, _weights())
     net = caffenorm.load(proto, model)
-    with pytest.raises(caffenorm.InputShapeError, match="float64 tensor but the net's weights are torch.float32"):
+    with pytest.raises(caffenorm.InputShapeError, match="float64 tensor but the net computes in torch.float32"):
         net(torch.randn(1, 4, 5, 5, dtype=torch.float64))
     with pytest.raises(caffenorm.InputShapeError, match="numpy array of <U1"):
         net(np.array([["a"]]))

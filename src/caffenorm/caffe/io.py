@@ -10,21 +10,20 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError, Message
 
 from caffenorm.caffe import schema
-from caffenorm.errors import BlobError, CaffemodelError, ModelFileError, PrototxtSyntaxError
+from caffenorm.errors import BlobError, CaffemodelError, Location, ModelFileError, PrototxtSyntaxError
 
 __all__ = [
     "array_to_blob",
     "blob_shape",
     "blob_to_array",
     "iter_caffemodel_layers",
-    "layer_lines",
     "parse_prototxt",
     "read_prototxt",
     "write_caffemodel",
@@ -50,48 +49,53 @@ def _read(path: PathLike, what: str, probe: bool = False) -> bytes:
         raise ModelFileError(f"{p}: cannot read the {what}: {err.strerror or err}") from None
 
 
-# Top-level `layer {` / `layers {` entries, found lexically so errors can cite a line; protobuf
-# does the parsing.  Strings and comments are skipped so braces inside them do not count.
-_TOKEN = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|#[^\n]*|[{}<>]|\b(?:layers?)\b|\n')
+class _LineRecordingParser(text_format._Parser):  # type: ignore[misc,name-defined]
+    """protobuf's own text parser, noting the line of each top-level ``layer``/``layers`` entry
+    as it parses it, so the prototxt is read (and tokenized) once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.root: Message | None = None
+        self.layer_lines: list[int] = []
+
+    def _MergeField(self, tokenizer: Any, message: Message) -> None:  # noqa: N802 - protobuf's name
+        if message is self.root and tokenizer.token in ("layer", "layers"):
+            # Tokenizer.ParseError builds (and returns) an error carrying the current position.
+            self.layer_lines.append(tokenizer.ParseError("").GetLine())
+        super()._MergeField(tokenizer, message)
 
 
-def layer_lines(text: str) -> list[int]:
-    """1-based line numbers of the top-level ``layer``/``layers`` entries of a prototxt, in order."""
-    lines, depth, line = [], 0, 1
-    for m in _TOKEN.finditer(text):
-        tok = m.group()
-        if tok == "\n":
-            line += 1
-        elif tok in "{<":
-            depth += 1
-        elif tok in "}>":
-            depth -= 1
-        elif tok in ("layer", "layers") and depth == 0:
-            lines.append(line)
-        elif tok[0] in "\"'":
-            line += tok.count("\n")
-    return lines
+def parse_prototxt(text: str, source: str = "<string>") -> tuple[Message, list[int | None]]:
+    """Parse prototxt text into a ``NetParameter``; also return the line of every top-level layer.
 
-
-def parse_prototxt(text: str, source: str = "<string>") -> tuple[Message, list[int]]:
-    """Parse prototxt text into a ``NetParameter``; also return the line of every top-level layer."""
+    Lines come from protobuf's parser itself; should a future protobuf drop the (private) parser
+    class this relies on, the file still parses and only the line numbers are missing.
+    """
     net = schema.NetParameter()
     try:
-        text_format.Parse(text, net)
+        if hasattr(text_format, "_Parser"):
+            parser = _LineRecordingParser()
+            parser.root = net
+            parser.ParseLines(text.split("\n"), net)
+            lines: list[int | None] = list(parser.layer_lines)
+        else:  # pragma: no cover - protobuf without the parser class
+            text_format.Parse(text, net)
+            lines = []
     except text_format.ParseError as err:
         line, col = err.GetLine(), err.GetColumn()
-        message = str(err)
-        # protobuf prefixes "line:col : "; we give the file instead.
-        message = re.sub(r"^\d+:\d+\s*:\s*", "", message)
-        where = f"{source}:{line}:{col}" if line else source
+        # protobuf prefixes "line:col : " and quotes the offending line; the location says where.
+        message = re.sub(r"^\d+:\d+\s*:\s*", "", str(err))
+        message = re.sub(r"^'[^\n]*?': ", "", message)
         hint = ""
         if "has no field named" in message:
             hint = " (a field of a Caffe fork caffenorm does not know, or a typo)"
-        raise PrototxtSyntaxError(f"{where}: {message}{hint}") from None
-    return net, layer_lines(text)
+        raise PrototxtSyntaxError(
+            f"{message}{hint}", location=Location(source, line or None, col or None)
+        ) from None
+    return net, lines
 
 
-def read_prototxt(path: PathLike) -> tuple[Message, list[int]]:
+def read_prototxt(path: PathLike) -> tuple[Message, list[int | None]]:
     """Read a ``.prototxt`` file: the ``NetParameter`` and the line of every top-level layer."""
     raw = _read(path, "prototxt")
     try:

@@ -1,36 +1,49 @@
-"""The registry of layer converters: Caffe type string -> function building the layer's module.
+"""The registries of the Caffe layer families: converters (Caffe type -> module) and writers
+(module -> Caffe ``LayerParameter``).
 
 A converter is ``fn(layer: LayerSpec, ctx: BuildContext) -> CaffeLayer``.  The module it returns is
 called with the layer's bottoms as positional tensors and returns one tensor per top (a tuple when
 there are several).  Its ``caffe_blobs()`` / ``load_caffe_blobs()`` give the layer's blobs in
-Caffe's order.  Adding a layer type is one converter in the family module under
-``caffenorm/caffe/layers/`` plus its test.
+Caffe's order, and ``caffe_settings()`` its configuration in Caffe's field names.
+
+A writer is ``fn(module, layer: LayerParameter) -> None``: it writes the module's current settings
+into ``layer`` (a copy of the definition the layer was read from, so fields the module does not
+model, such as fillers or ``engine``, are kept).  Adding a layer type is one converter (and, if its
+module has settings, one writer) in the family module under ``caffenorm/caffe/layers/`` plus its
+test.
 """
 
 from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
 from google.protobuf.message import Message
 from torch import Tensor
 
 from caffenorm.caffe.fillers import check_filler, fill
 from caffenorm.caffe.spec import LayerSpec
-from caffenorm.errors import CaffeNormError, NetDefinitionError, UnsupportedLayerError
+from caffenorm.errors import CaffeNormError, LayerConfigError, NetDefinitionError, UnsupportedLayerError
 from caffenorm.nn._base import CaffeLayer
 
 __all__ = [
     "MAX_ELEMENTS",
     "BuildContext",
     "Converter",
+    "Writer",
     "get_converter",
+    "get_writer",
+    "is_repeated",
     "layer_table",
     "register_layer",
+    "register_writer",
     "supported_layers",
+    "write_fields",
 ]
 
 # A blob or parameter larger than this is refused before anything is allocated (2**31 floats =
@@ -51,7 +64,7 @@ class BuildContext:
     deferred_fills: list[tuple[Tensor, Message]] | None = None
 
     def error(self, message: str, cls: type[CaffeNormError] = NetDefinitionError) -> CaffeNormError:
-        return cls(f"{self.layer.where()}: {message}")
+        return cls(message, location=self.layer.location)
 
     def shape(self, index: int = 0) -> tuple[int, ...]:
         """The shape of bottom ``index``; an error if it is not known before the first forward."""
@@ -97,7 +110,7 @@ class BuildContext:
             else:
                 fill(tensor, filler, self.generator)
         except CaffeNormError as err:
-            raise self.error(str(err), type(err)) from None
+            raise err.at(self.layer.location) from None
 
 
 Converter = Callable[[LayerSpec, BuildContext], CaffeLayer]
@@ -120,14 +133,13 @@ def register_layer(*caffe_types: str) -> Callable[[Converter], Converter]:
 
 
 def supported_layers() -> list[str]:
-    """Every Caffe layer type caffenorm can build, sorted."""
-    _load_families()
+    """Every registered Caffe layer type, sorted (all of them once :mod:`caffenorm.caffe.layers`
+    is imported)."""
     return sorted(_CONVERTERS)
 
 
 def layer_table() -> list[tuple[str, str, str]]:
     """(Caffe type, family module, first line of the converter's docstring) for every type."""
-    _load_families()
     rows = []
     for caffe_type in sorted(_CONVERTERS):
         fn = _CONVERTERS[caffe_type]
@@ -137,18 +149,98 @@ def layer_table() -> list[tuple[str, str, str]]:
 
 
 def get_converter(layer: LayerSpec) -> Converter:
-    _load_families()
     try:
         return _CONVERTERS[layer.type]
     except KeyError:
         close = difflib.get_close_matches(layer.type, _CONVERTERS, n=3)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise UnsupportedLayerError(
-            f"{layer.where()}: layer type {layer.type!r} is not supported; {hint}"
-            f"supported types: {', '.join(sorted(_CONVERTERS))}"
+            f"layer type {layer.type!r} is not supported; {hint}supported types: {', '.join(sorted(_CONVERTERS))}",
+            location=layer.location,
         ) from None
 
 
-def _load_families() -> None:
-    # Importing the family modules registers their converters (deferred to avoid an import cycle).
-    import caffenorm.caffe.layers  # noqa: F401
+Writer = Callable[[Any, Message], None]
+_WRITERS: dict[type, Writer] = {}
+
+
+def register_writer(*module_classes: type) -> Callable[[Writer], Writer]:
+    """Register ``fn`` as the writer of each module class; a class registered twice is an error."""
+
+    def decorate(fn: Writer) -> Writer:
+        for cls in module_classes:
+            if cls in _WRITERS:
+                raise ValueError(f"{cls.__name__} already has a writer: {_WRITERS[cls].__qualname__}")
+            _WRITERS[cls] = fn
+        return fn
+
+    return decorate
+
+
+def get_writer(module: CaffeLayer) -> Writer | None:
+    """The writer of ``module``'s class (or of its nearest registered base); None when the layer has
+    no settings beyond its definition (Sigmoid, Split, ...), which is then written as read."""
+    for cls in type(module).__mro__:
+        if cls in _WRITERS:
+            return _WRITERS[cls]
+    return None
+
+
+def write_fields(message: Message, settings: Mapping[str, Any], *, keep_defaults: bool = False) -> None:
+    """Write ``settings`` (Caffe field name -> plain value) into the protobuf ``message``.
+
+    Enum fields take their value's name; repeated fields a sequence; ``None`` clears the field
+    (for fields whose *presence* means something, e.g. BatchNorm's ``use_global_stats``).  A value
+    equal to the field's default is only written if the field was already set (or with
+    ``keep_defaults``), so a saved prototxt stays as short as the one read.
+    """
+    for name, value in settings.items():
+        field = message.DESCRIPTOR.fields_by_name.get(name)
+        if field is None:
+            raise LayerConfigError(f"{message.DESCRIPTOR.name} has no field {name!r}")
+        if value is None:
+            message.ClearField(name)
+            continue
+        if is_repeated(field):
+            values = [_enum_number(field, v) for v in value] if field.enum_type else list(value)
+            del getattr(message, name)[:]
+            getattr(message, name).extend(values)
+            continue
+        if field.enum_type:
+            value = _enum_number(field, value)
+        elif field.type == field.TYPE_BOOL:
+            value = bool(value)
+        elif field.cpp_type in (field.CPPTYPE_FLOAT, field.CPPTYPE_DOUBLE):
+            value = float(value)
+        elif field.cpp_type in (field.CPPTYPE_INT32, field.CPPTYPE_INT64, field.CPPTYPE_UINT32, field.CPPTYPE_UINT64):
+            value = int(value)
+        present = message.HasField(name)
+        if not present and not keep_defaults and _equal_default(field, value):
+            continue
+        setattr(message, name, value)
+
+
+def is_repeated(field: Any) -> bool:
+    """Whether a protobuf field is repeated (``is_repeated`` since protobuf 5.x, ``label`` before)."""
+    flag = getattr(field, "is_repeated", None)
+    if flag is not None:
+        return bool(flag)
+    return bool(field.label == field.LABEL_REPEATED)
+
+
+def _enum_number(field: Any, value: Any) -> int:
+    if isinstance(value, str):
+        try:
+            return int(field.enum_type.values_by_name[value.upper()].number)
+        except KeyError:
+            allowed = ", ".join(field.enum_type.values_by_name)
+            raise LayerConfigError(f"{field.full_name}: {value!r} is not one of {allowed}") from None
+    return int(value)
+
+
+def _equal_default(field: Any, value: Any) -> bool:
+    default = field.default_value
+    if field.cpp_type == field.CPPTYPE_FLOAT:
+        # A float field holds float32: compare what would be stored.
+        return bool(np.float32(value) == np.float32(default))
+    return bool(value == default)

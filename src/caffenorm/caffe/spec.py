@@ -1,5 +1,6 @@
 """A parsed net, reduced to what building it needs: the layers of one phase, in order, each with its
-name, type, bottoms, tops, full ``LayerParameter`` and its line in the prototxt."""
+name, type, bottoms, tops, full ``LayerParameter``, its position in the net and its line in the
+prototxt."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from google.protobuf.message import Message
 
 from caffenorm.caffe import schema
+from caffenorm.errors import Location
 
 __all__ = ["LayerSpec", "layer_specs", "parse_phase"]
 
@@ -36,11 +38,16 @@ class LayerSpec:
     param: Message  # the caffe LayerParameter
     line: int | None
     source: str
+    index: int = -1  # position in the (upgraded) NetParameter's layer list
+
+    @property
+    def location(self) -> Location:
+        """Where the layer is defined: file, line, name and type."""
+        return Location(self.source, self.line, None, self.name, self.type)
 
     def where(self) -> str:
-        """``file:line: layer 'name' (Type)`` for error messages."""
-        place = f"{self.source}:{self.line}" if self.line else self.source
-        return f"{place}: layer {self.name!r} ({self.type})"
+        """``file:line: layer 'name' (Type)``, for messages that mention another layer."""
+        return str(self.location)
 
 
 def _meets_rule(rule: Message, phase: int, level: int, stages: Sequence[str]) -> bool:
@@ -67,7 +74,12 @@ def _included(layer: Message, phase: int, level: int, stages: Sequence[str]) -> 
 
 
 def layer_specs(
-    net: Message, lines: Sequence[int | None], source: str, phase: str, level: int = 0, stages: Sequence[str] = ()
+    net: Message,
+    lines: Sequence[int | None],
+    source: str,
+    phase: str,
+    level: int = 0,
+    stages: Sequence[str] = (),
 ) -> list[LayerSpec]:
     """The layers of ``net`` that Caffe would instantiate for ``phase``/``level``/``stages``."""
     phase_value = _PHASES[parse_phase(phase)]
@@ -77,6 +89,6 @@ def layer_specs(
             continue
         line = lines[i] if i < len(lines) else None
         specs.append(
-            LayerSpec(layer.name, layer.type, tuple(layer.bottom), tuple(layer.top), layer, line, source)
+            LayerSpec(layer.name, layer.type, tuple(layer.bottom), tuple(layer.top), layer, line, source, i)
         )
     return specs

@@ -16,11 +16,20 @@ from torch import Tensor
 from caffenorm.errors import InputShapeError
 from caffenorm.functional._checks import canonical_axis, check_ndim, check_real, compute_dtype
 
-__all__ = ["batch_norm", "bias", "scale"]
+__all__ = ["batch_norm", "bias", "global_stats", "scale"]
 
 
 def _cudnn() -> bool:
     return bool(torch.backends.cudnn.enabled)
+
+
+def global_stats(mean_sum: Tensor, var_sum: Tensor, scale_factor: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Caffe's stored statistics, in ``dtype``: ``f = 0 if s == 0 else 1/s``, ``mean = f * b0``,
+    ``var = f * b1``.  ``s == 0`` gives zero statistics (``y = x / sqrt(eps)``), never a division
+    by zero."""
+    s = scale_factor.to(dtype)
+    f = torch.where(s == 0, torch.zeros_like(s), torch.reciprocal(s))
+    return mean_sum.to(dtype) * f, var_sum.to(dtype) * f
 
 
 def batch_norm(
@@ -33,12 +42,15 @@ def batch_norm(
     eps: float = 1e-5,
     weight: Tensor | None = None,
     bias: Tensor | None = None,
+    *,
+    stats: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Caffe BatchNorm on an ``(N, C, ...)`` tensor.  See :class:`caffenorm.BatchNorm`.
 
     With ``use_global_stats=False`` the three blobs are updated in place, as Caffe does.
     ``weight`` and ``bias`` (shape ``(C,)``) apply the per-channel Scale that follows BatchNorm in
-    Caffe models in the same kernel (see :class:`caffenorm.BatchNormScale`).
+    Caffe models in the same kernel (see :class:`caffenorm.BatchNormScale`).  ``stats`` is the
+    ``(mean, var)`` of :func:`global_stats` in the compute dtype, when the caller already has them.
     """
     check_ndim("BatchNorm", input, range(2, 64), "at least 2 dimensions (N, C, ...)")
     channels = mean_sum.numel()
@@ -58,11 +70,7 @@ def batch_norm(
     b = None if bias is None else bias.to(dtype)
 
     if use_global_stats:
-        # Caffe: f = (s == 0) ? 0 : 1/s; mean = f*blob0; var = f*blob1.  s == 0 gives zero
-        # statistics (y = x / sqrt(eps)), never a division by zero.
-        s = scale_factor.to(dtype)
-        f = torch.where(s == 0, torch.zeros_like(s), torch.reciprocal(s))
-        mean, var = mean_sum.to(dtype) * f, var_sum.to(dtype) * f
+        mean, var = stats if stats is not None else global_stats(mean_sum, var_sum, scale_factor, dtype)
         y = torch.batch_norm(x, w, b, mean, var, False, 0.0, eps, _cudnn())
         return y.to(input.dtype)
 

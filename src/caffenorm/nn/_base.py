@@ -1,4 +1,5 @@
-"""What every caffenorm layer module shares: Caffe's blob view of its tensors."""
+"""What every caffenorm layer module shares: Caffe's blob view of its tensors, its settings under
+Caffe's field names, and the shapes of its outputs."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ from torch import Tensor, nn
 
 from caffenorm.errors import BlobError, LayerConfigError
 
-__all__ = ["CaffeLayer", "as_shape"]
+__all__ = ["CaffeLayer", "Shape", "as_shape"]
+
+# A blob shape; a dimension is None where it depends on the data (DetectionOutput's row count).
+Shape = tuple[int | None, ...]
 
 
 def as_shape(layer: str, param: str, shape: int | Sequence[int]) -> tuple[int, ...]:
@@ -34,16 +38,50 @@ def _legacy_match(got: tuple[int, ...], expected: tuple[int, ...]) -> bool:
 
 
 class CaffeLayer(nn.Module):
-    """Base of the layer modules: ``caffe_blobs()`` / ``load_caffe_blobs()`` in Caffe's blob order."""
+    """Base of the layer modules.
+
+    * ``caffe_blobs()`` / ``load_caffe_blobs()``: the layer's blobs in Caffe's order and shapes;
+    * ``caffe_settings()``: its configuration under Caffe's field names, as plain values (what a
+      net writes back to a prototxt);
+    * ``output_shapes(*shapes)``: the shapes of its tops for bottoms of ``shapes``.
+    """
 
     caffe_type: str = ""
-    # True for element-wise layers whose output has the first input's shape: a net then infers
-    # their output shape without running them.
+    # True for element-wise layers whose output has the first input's shape: their output shape
+    # is known without running them.
     same_shape: bool = False
 
     # Attribute names of the layer's blobs, in Caffe's order; attributes set to None are skipped
     # (e.g. a bias with bias_term false).
     blob_attrs: tuple[str, ...] = ()
+
+    def caffe_settings(self) -> dict[str, Any]:
+        """The layer's configuration under Caffe's field names (e.g. ``{"local_size": 5, ...}``);
+        enums by name.  Empty for layers without settings."""
+        return {}
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.caffe_settings().items())
+
+    def output_shapes(self, *shapes: Sequence[int]) -> list[Shape]:
+        """The shapes of the layer's tops for bottoms of ``shapes``.
+
+        Element-wise layers return the first bottom's shape; any other layer runs its forward on
+        the meta device (nothing is allocated and the layer's own tensors are not touched), so the
+        shape rules live in one place: the forward itself.  Layers whose output size depends on
+        the data override this.
+        """
+        if self.same_shape:
+            return [tuple(shapes[0])]
+        state = {
+            name: torch.empty(t.shape, dtype=t.dtype, device="meta")
+            for name, t in (*self.named_parameters(), *self.named_buffers())
+        }
+        args = tuple(torch.empty(tuple(s), device="meta") for s in shapes)
+        with torch.no_grad():
+            out = torch.func.functional_call(self, state, args)
+        outs = out if isinstance(out, tuple) else (out,)
+        return [tuple(o.shape) for o in outs]
 
     def caffe_blobs(self) -> list[Tensor]:
         """The layer's blobs in Caffe's order and shapes: the parameters and buffers themselves."""

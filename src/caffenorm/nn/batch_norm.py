@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import Tensor
 
+from caffenorm._tracing import is_tracing
 from caffenorm.errors import LayerConfigError
-from caffenorm.functional._checks import check_real
-from caffenorm.functional.batch_norm import batch_norm
+from caffenorm.functional._checks import check_real, compute_dtype
+from caffenorm.functional.batch_norm import batch_norm, global_stats
 from caffenorm.nn._base import CaffeLayer
 from caffenorm.nn.scale import Scale
 
@@ -53,6 +57,11 @@ class BatchNorm(CaffeLayer):
 
     Blobs (Caffe order): ``mean_sum`` :math:`(C)`, ``var_sum`` :math:`(C)`, ``scale_factor`` :math:`(1)`,
     all zero-initialised as in Caffe.
+
+    Precision: the blobs are *sums* (res10's first variance sum is 3.6e6, beyond float16's 65504),
+    so ``module.half()``, ``module.to(torch.bfloat16)`` and autocast keep them in float32 and the
+    statistics are computed in float32; the output has the input's dtype.  In evaluation the mean
+    and variance derived from the blobs are cached until a blob changes (in place or replaced).
     """
 
     caffe_type = "BatchNorm"
@@ -90,16 +99,54 @@ class BatchNorm(CaffeLayer):
         """Whether the next forward normalises with the stored statistics."""
         return (not self.training) if self.use_global_stats is None else self.use_global_stats
 
+    def global_stats(self, dtype: torch.dtype) -> tuple[Tensor, Tensor] | None:
+        """The stored mean and variance in ``dtype``, derived from the blobs once per change of
+        the blobs (their version counters and identities key the cache).  None while a tracer
+        records the forward, so the derivation is part of the traced program, not a constant."""
+        if is_tracing():
+            return None
+        blobs = (self.mean_sum, self.var_sum, self.scale_factor)
+        # The blobs themselves are held (and compared by identity) so a replaced blob never
+        # matches a stale entry; versions catch in-place changes.
+        key = (dtype, torch.is_inference_mode_enabled(), tuple(t._version for t in blobs))
+        cached = self.__dict__.get("_stats_cache")
+        if cached is None or cached[1] != key or any(a is not b for a, b in zip(cached[0], blobs)):
+            with torch.no_grad():
+                cached = (blobs, key, global_stats(*blobs, dtype))
+            self.__dict__["_stats_cache"] = cached
+        return cached[2]  # type: ignore[no-any-return]
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Any:
+        """Keep the blobs float32 when the module is converted to float16/bfloat16: they are sums
+        that overflow float16.  Device moves and float64 conversions apply as usual."""
+        before = {name: self._buffers[name] for name in self.blob_attrs}
+        out = super()._apply(fn, recurse)
+        for name, old in before.items():
+            new = self._buffers[name]
+            if new is not None and new.dtype in (torch.float16, torch.bfloat16):
+                self._buffers[name] = old.to(device=new.device, dtype=torch.float32)
+        self.__dict__.pop("_stats_cache", None)
+        return out
+
     def forward(self, input: Tensor) -> Tensor:
+        use_global = self.uses_global_stats()
         return batch_norm(
             input,
             self.mean_sum,
             self.var_sum,
             self.scale_factor,
-            self.uses_global_stats(),
+            use_global,
             self.moving_average_fraction,
             self.eps,
+            stats=self.global_stats(compute_dtype(input)) if use_global else None,
         )
+
+    def caffe_settings(self) -> dict[str, Any]:
+        return {
+            "use_global_stats": self.use_global_stats,
+            "moving_average_fraction": self.moving_average_fraction,
+            "eps": self.eps,
+        }
 
     def extra_repr(self) -> str:
         return (
@@ -144,16 +191,20 @@ class BatchNormScale(CaffeLayer):
 
     def forward(self, input: Tensor) -> Tensor:
         bn, scale = self.batch_norm, self.scale
+        if self.hooked():
+            return scale(bn(input))  # the fused kernel would bypass the layers' own hooks
+        use_global = bn.uses_global_stats()
         return batch_norm(
             input,
             bn.mean_sum,
             bn.var_sum,
             bn.scale_factor,
-            bn.uses_global_stats(),
+            use_global,
             bn.moving_average_fraction,
             bn.eps,
             scale.weight,
             scale.bias,
+            stats=bn.global_stats(compute_dtype(input)) if use_global else None,
         )
 
     def hooked(self) -> bool:

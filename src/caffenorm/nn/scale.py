@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -113,6 +114,9 @@ class Scale(CaffeLayer):
             _check_learned_span("Scale", input, gamma, self.axis, self.num_axes)
         return scale_fn(input, gamma, self.bias, self.axis)
 
+    def caffe_settings(self) -> dict[str, Any]:
+        return {"axis": self.axis, "num_axes": self.num_axes, "bias_term": self.bias_term}
+
     def extra_repr(self) -> str:
         return (
             f"shape={self.shape}, axis={self.axis}, num_axes={self.num_axes}, bias_term={self.bias_term}, "
@@ -170,6 +174,9 @@ class Bias(CaffeLayer):
             beta = self.bias
             _check_learned_span("Bias", input, beta, self.axis, self.num_axes)
         return bias_fn(input, beta, self.axis)
+
+    def caffe_settings(self) -> dict[str, Any]:
+        return {"axis": self.axis, "num_axes": self.num_axes}
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}, axis={self.axis}, num_axes={self.num_axes}, bias_from_input={self.bias_from_input}"

@@ -11,13 +11,14 @@ spatial size works.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from caffenorm.caffe.registry import BuildContext, register_layer
+from caffenorm.caffe.registry import BuildContext, register_layer, register_writer, write_fields
 from caffenorm.caffe.spec import LayerSpec
 from caffenorm.errors import InputShapeError, LayerConfigError, NetDefinitionError
 from caffenorm.functional._checks import canonical_axis, check_real
@@ -68,12 +69,6 @@ class _Neuron(CaffeLayer):
 
     same_shape = True
 
-    def _settings(self) -> dict[str, object]:
-        return {}
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self._settings().items())
-
 
 class ReLU(_Neuron):
     """Caffe's ReLU (``relu_layer.cpp``): ``max(x, 0) + negative_slope * min(x, 0)``.
@@ -94,7 +89,7 @@ class ReLU(_Neuron):
         # leaky_relu is Caffe's GPU kernel, x > 0 ? x : x * slope, with the same subgradient.
         return F.leaky_relu(x, self.negative_slope)
 
-    def _settings(self) -> dict[str, object]:
+    def caffe_settings(self) -> dict[str, Any]:
         return {"negative_slope": self.negative_slope}
 
 
@@ -135,6 +130,9 @@ class PReLU(CaffeLayer):
         # is the sum of top_diff * x over x <= 0).
         return _caffe_zero(torch.prelu(x, self.weight.reshape(-1)))
 
+    def caffe_settings(self) -> dict[str, Any]:
+        return {"channel_shared": self.channel_shared}
+
     def extra_repr(self) -> str:
         return f"channels={self.channels}, channel_shared={self.channel_shared}"
 
@@ -157,7 +155,7 @@ class ELU(_Neuron):
         negative = self.alpha * (torch.exp(torch.clamp(x, max=0.0)) - 1.0)
         return torch.where(x > 0, x, negative)
 
-    def _settings(self) -> dict[str, object]:
+    def caffe_settings(self) -> dict[str, Any]:
         return {"alpha": self.alpha}
 
 
@@ -223,7 +221,7 @@ class Power(_Neuron):
             y = torch.pow(y, self.power)
         return y
 
-    def _settings(self) -> dict[str, object]:
+    def caffe_settings(self) -> dict[str, Any]:
         return {"power": self.power, "scale": self.scale, "shift": self.shift}
 
 
@@ -254,7 +252,7 @@ class Dropout(_Neuron):
         mask = torch.empty_like(x).bernoulli_(1.0 - self.dropout_ratio)
         return x * mask * self.scale
 
-    def _settings(self) -> dict[str, object]:
+    def caffe_settings(self) -> dict[str, Any]:
         return {"dropout_ratio": self.dropout_ratio}
 
 
@@ -274,7 +272,7 @@ class Softmax(_Neuron):
     def forward(self, x: Tensor) -> Tensor:
         return torch.softmax(x, canonical_axis("Softmax", "axis", self.axis, x.dim()))
 
-    def _settings(self) -> dict[str, object]:
+    def caffe_settings(self) -> dict[str, Any]:
         return {"axis": self.axis}
 
 
@@ -316,7 +314,7 @@ class Exp(_Neuron):
         y = torch.exp(x if self.inner_scale == 1 else x * self.inner_scale)
         return y if self.outer_scale == 1 else y * self.outer_scale
 
-    def _settings(self) -> dict[str, object]:
+    def caffe_settings(self) -> dict[str, Any]:
         return {"base": self.base, "scale": self.scale, "shift": self.shift}
 
 
@@ -347,7 +345,7 @@ class Log(_Neuron):
         y = torch.log(y)
         return y if self.base_scale == 1 else y * self.base_scale
 
-    def _settings(self) -> dict[str, object]:
+    def caffe_settings(self) -> dict[str, Any]:
         return {"base": self.base, "scale": self.scale, "shift": self.shift}
 
 
@@ -374,7 +372,7 @@ class Threshold(_Neuron):
     def forward(self, x: Tensor) -> Tensor:
         return (x > self.threshold).to(x.dtype)
 
-    def _settings(self) -> dict[str, object]:
+    def caffe_settings(self) -> dict[str, Any]:
         return {"threshold": self.threshold}
 
 
@@ -399,7 +397,7 @@ class Clip(_Neuron):
         outside = torch.where(x > self.max, x.new_full((), self._above), x.new_full((), self.min))
         return torch.where(inside, x, outside)
 
-    def _settings(self) -> dict[str, object]:
+    def caffe_settings(self) -> dict[str, Any]:
         return {"min": self.min, "max": self.max}
 
 
@@ -415,7 +413,7 @@ class Swish(_Neuron):
     def forward(self, x: Tensor) -> Tensor:
         return x * torch.sigmoid(x if self.beta == 1 else x * self.beta)
 
-    def _settings(self) -> dict[str, object]:
+    def caffe_settings(self) -> dict[str, Any]:
         return {"beta": self.beta}
 
 
@@ -549,3 +547,27 @@ def convert_swish(layer: LayerSpec, ctx: BuildContext) -> Swish:
     """``x * sigmoid(beta * x)``."""
     _one_to_one(layer, ctx)
     return Swish(layer.param.swish_param.beta)
+
+
+# -- writer ----------------------------------------------------------------------------------------
+
+# The LayerParameter field that holds each module's settings.
+_PARAM_FIELDS: dict[type, str] = {
+    ReLU: "relu_param",
+    PReLU: "prelu_param",
+    ELU: "elu_param",
+    Power: "power_param",
+    Dropout: "dropout_param",
+    Softmax: "softmax_param",
+    Exp: "exp_param",
+    Log: "log_param",
+    Threshold: "threshold_param",
+    Clip: "clip_param",
+    Swish: "swish_param",
+}
+
+
+@register_writer(*_PARAM_FIELDS)
+def write_activation(module: CaffeLayer, layer: Any) -> None:
+    """The module's settings into its ``*_param`` (Clip's required ``min``/``max`` always written)."""
+    write_fields(getattr(layer, _PARAM_FIELDS[type(module)]), module.caffe_settings(), keep_defaults=isinstance(module, Clip))

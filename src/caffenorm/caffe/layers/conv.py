@@ -2,7 +2,8 @@
 
 Caffe's facts (``base_conv_layer.cpp``, ``conv_layer.cpp``, ``deconv_layer.cpp``, ``im2col.cpp``):
 
-* geometry fields and their checks: :func:`~caffenorm.caffe.ops.pooling.resolve_convolution_param`;
+* geometry fields and their checks: :func:`resolve_convolution_param` (it reads the
+  ``caffe.ConvolutionParameter`` message; the ops in :mod:`caffenorm.caffe.ops.pooling` take plain values);
 * blobs: weight ``(num_output, C/group, kh, kw)`` for Convolution and ``(C, num_output/group, kh, kw)``
   for Deconvolution (Caffe swaps the channel roles), then bias ``(num_output,)`` if ``bias_term``;
   both initialised from ``weight_filler`` / ``bias_filler``, whose default is constant 0;
@@ -18,17 +19,26 @@ Caffe's facts (``base_conv_layer.cpp``, ``conv_layer.cpp``, ``deconv_layer.cpp``
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from caffenorm.caffe.ops.pooling import conv_output_size, deconv_output_size, resolve_convolution_param
-from caffenorm.caffe.registry import BuildContext, register_layer
+from caffenorm.caffe.layers._fields import has, where, write_pair
+from caffenorm.caffe.ops.pooling import conv_output_size, deconv_output_size
+from caffenorm.caffe.registry import BuildContext, register_layer, register_writer, write_fields
 from caffenorm.caffe.spec import LayerSpec
 from caffenorm.errors import CaffeNormError, InputShapeError, LayerConfigError, UnsupportedLayerError
 from caffenorm.nn._base import CaffeLayer
 
-__all__ = ["Convolution", "Deconvolution", "convert_convolution", "convert_deconvolution"]
+__all__ = [
+    "Convolution",
+    "Deconvolution",
+    "convert_convolution",
+    "convert_deconvolution",
+    "resolve_convolution_param",
+]
 
 Pair = tuple[int, int]
 
@@ -70,6 +80,17 @@ class _ConvBase(CaffeLayer):
             shape = (self.num_output, self.channels // self.group, *self.kernel_size)
         self.weight = nn.Parameter(torch.zeros(shape))
         self.bias = nn.Parameter(torch.zeros(self.num_output)) if self.bias_term else None
+
+    def caffe_settings(self) -> dict[str, Any]:
+        return {
+            "num_output": self.num_output,
+            "bias_term": self.bias_term,
+            "group": self.group,
+            "kernel_size": self.kernel_size,
+            "stride": self.stride,
+            "pad": self.pad,
+            "dilation": self.dilation,
+        }
 
     def extra_repr(self) -> str:
         return (
@@ -164,6 +185,129 @@ class Deconvolution(_ConvBase):
         )
 
 
+# ---------------------------------------------------------------------------------------------
+# The ConvolutionParameter message
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_convolution_param(
+    param: Any,
+    num_spatial_axes: int = 2,
+    *,
+    in_channels: int | None = None,
+    layer_type: str = "Convolution",
+    layer_name: str | None = None,
+) -> dict[str, Any]:
+    """A ``caffe.ConvolutionParameter`` as plain values, with ``BaseConvolutionLayer::LayerSetUp``'s checks.
+
+    Returns ``{"num_output", "bias_term", "group", "kernel_size", "stride", "pad", "dilation",
+    "axis"}``; the four geometry entries are tuples with one value per spatial axis. For 2-D they
+    map directly onto ``F.conv2d(stride=..., padding=..., dilation=..., groups=...)`` /
+    ``F.conv_transpose2d`` (see :func:`~caffenorm.caffe.ops.pooling.conv_output_size` /
+    :func:`~caffenorm.caffe.ops.pooling.deconv_output_size`).
+
+    Rules (base_conv_layer.cpp), violations raise :class:`~caffenorm.errors.LayerConfigError`:
+
+    * ``kernel_size``, ``stride``, ``pad``, ``dilation`` are repeated: one value for every axis, or
+      one per spatial axis (``kernel_size`` is required; the others default to 1, 0, 1).
+    * ``kernel_h``/``kernel_w``, ``stride_h``/``stride_w``, ``pad_h``/``pad_w``: 2-D only, and not
+      together with the repeated form of the same field. Caffe reads both members of the pair, so
+      a missing one is 0 (``pad_h: 1`` alone means ``pad_w = 0``; a lone ``kernel_h`` or
+      ``stride_h`` leaves the other 0, which is rejected).
+    * kernel > 0, stride > 0, dilation > 0 (Caffe checks neither stride_h/_w nor dilation, but
+      divides by the stride, and a dilation of 0 is not a convolution PyTorch can run).
+    * ``num_output > 0``; ``group >= 1``, ``num_output % group == 0`` and, when ``in_channels`` is
+      given, ``in_channels % group == 0``.
+    * ``axis`` must be the channel axis 1 (or its negative form ``-(num_spatial_axes + 1)``);
+      other layouts are not supported. ``force_nd_im2col`` and ``engine`` do not change the result
+      and are ignored.
+    """
+    layer = where(layer_type, layer_name)
+    n = int(num_spatial_axes)
+    if n < 1:
+        raise LayerConfigError(f"{layer}: num_spatial_axes={num_spatial_axes!r} is not allowed; it must be >= 1")
+    axis = int(param.axis)
+    if axis not in (1, -(n + 1)):
+        raise LayerConfigError(
+            f"{layer}: axis={axis} is not supported; only the channel axis 1 (layout N, C, spatial...) is"
+        )
+
+    def _geometry(base: str, hw: tuple[str, str], default: int | None) -> tuple[int, ...]:
+        has_hw = has(param, hw[0]) or has(param, hw[1])
+        values = list(getattr(param, base))
+        if has_hw:
+            if n != 2:
+                raise LayerConfigError(
+                    f"{layer}: {hw[0]}/{hw[1]} can only be used for 2-D convolution; this one has {n} spatial axes "
+                    f"(use {base})"
+                )
+            if values:
+                raise LayerConfigError(
+                    f"{layer}: {base}={values} is set together with {hw[0]}/{hw[1]}; give either {base} or "
+                    f"{hw[0]}/{hw[1]}, not both"
+                )
+            return int(getattr(param, hw[0])), int(getattr(param, hw[1]))
+        if not values and default is not None:
+            return (default,) * n
+        if len(values) not in (1, n):
+            raise LayerConfigError(
+                f"{layer}: {base} is given {len(values)} times ({values}); give it once, or once per spatial "
+                f"dimension ({n})"
+            )
+        return tuple(int(v) for v in values) if len(values) == n else (int(values[0]),) * n
+
+    kernel = _geometry("kernel_size", ("kernel_h", "kernel_w"), None)
+    stride = _geometry("stride", ("stride_h", "stride_w"), 1)
+    pad = _geometry("pad", ("pad_h", "pad_w"), 0)
+    dilation_values = list(param.dilation)
+    if dilation_values and len(dilation_values) not in (1, n):
+        raise LayerConfigError(
+            f"{layer}: dilation is given {len(dilation_values)} times ({dilation_values}); give it once, or once "
+            f"per spatial dimension ({n})"
+        )
+    if not dilation_values:
+        dilation: tuple[int, ...] = (1,) * n
+    elif len(dilation_values) == n:
+        dilation = tuple(int(v) for v in dilation_values)
+    else:
+        dilation = (int(dilation_values[0]),) * n
+
+    for what, values, minimum in (("kernel_size", kernel, 1), ("stride", stride, 1), ("dilation", dilation, 1)):
+        if min(values) < minimum:
+            raise LayerConfigError(
+                f"{layer}: {what}={values} is not allowed; every {what} value must be >= {minimum} "
+                "(kernel_h/kernel_w or stride_h/stride_w default to 0 when only one of them is set)"
+            )
+
+    num_output = int(param.num_output)
+    if num_output <= 0:
+        raise LayerConfigError(f"{layer}: num_output={num_output} is not allowed; set num_output > 0")
+    group = int(param.group)
+    if group < 1:
+        raise LayerConfigError(f"{layer}: group={group} is not allowed; it must be >= 1")
+    if num_output % group:
+        raise LayerConfigError(
+            f"{layer}: num_output={num_output} is not a multiple of group={group}; Caffe requires "
+            "num_output % group == 0"
+        )
+    if in_channels is not None and in_channels % group:
+        raise LayerConfigError(
+            f"{layer}: the input has {in_channels} channels, not a multiple of group={group}; Caffe requires "
+            "channels % group == 0"
+        )
+
+    return {
+        "num_output": num_output,
+        "bias_term": bool(param.bias_term),
+        "group": group,
+        "kernel_size": kernel,
+        "stride": stride,
+        "pad": pad,
+        "dilation": dilation,
+        "axis": 1,
+    }
+
+
 def _build(layer: LayerSpec, ctx: BuildContext, cls: type[_ConvBase]) -> _ConvBase:
     """The shared converter: Caffe's ``BaseConvolutionLayer::LayerSetUp`` for a 2-D layer."""
     if not layer.bottoms:
@@ -223,3 +367,22 @@ def convert_convolution(layer: LayerSpec, ctx: BuildContext) -> Convolution:
 def convert_deconvolution(layer: LayerSpec, ctx: BuildContext) -> Deconvolution:
     """Caffe's Deconvolution: Convolution's fields, with the transposed weight layout."""
     return _build(layer, ctx, Deconvolution)  # type: ignore[return-value]
+
+
+@register_writer(Convolution, Deconvolution)
+def write_convolution(module: _ConvBase, layer: Any) -> None:
+    """``convolution_param``: num_output, bias_term (a folded layer gains ``bias_term: true``),
+    group, and the geometry (``kernel_size``/``stride``/``pad`` once, or ``_h``/``_w`` when the axes
+    differ; ``dilation``)."""
+    param = layer.convolution_param
+    settings = module.caffe_settings()
+    write_fields(param, {"num_output": settings["num_output"]}, keep_defaults=True)
+    write_fields(param, {"bias_term": settings["bias_term"], "group": settings["group"]})
+    write_pair(param, "kernel_size", settings["kernel_size"], None, repeated=True)
+    write_pair(param, "stride", settings["stride"], 1, repeated=True)
+    write_pair(param, "pad", settings["pad"], 0, repeated=True)
+    dilation = settings["dilation"]
+    given = len(param.dilation) > 0
+    del param.dilation[:]
+    if given or tuple(dilation) != (1, 1):
+        param.dilation.extend([dilation[0]] if dilation[0] == dilation[1] else list(dilation))

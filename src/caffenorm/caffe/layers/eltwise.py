@@ -4,17 +4,18 @@ two or more bottoms of one shape (``eltwise_layer.cpp``)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from caffenorm.caffe.registry import BuildContext, register_layer
+from caffenorm.caffe.registry import BuildContext, register_layer, register_writer, write_fields
 from caffenorm.caffe.spec import LayerSpec
 from caffenorm.errors import InputShapeError, LayerConfigError, NetDefinitionError
 from caffenorm.functional._checks import check_real
 from caffenorm.nn._base import CaffeLayer
 
-__all__ = ["Eltwise", "convert_eltwise"]
+__all__ = ["Eltwise", "convert_eltwise", "write_eltwise"]
 
 _OPERATIONS = ("PROD", "SUM", "MAX")  # caffe.proto's EltwiseOp numbering: PROD=0 SUM=1 MAX=2
 
@@ -94,6 +95,9 @@ class Eltwise(CaffeLayer):
             out = out + b if c == 1 else torch.add(out, b, alpha=c)
         return out
 
+    def caffe_settings(self) -> dict[str, Any]:
+        return {"operation": self.operation, "coeff": list(self.coeff), "stable_prod_grad": self.stable_prod_grad}
+
     def extra_repr(self) -> str:
         return f"operation={self.operation!r}, coeff={list(self.coeff)}, stable_prod_grad={self.stable_prod_grad}"
 
@@ -122,3 +126,9 @@ def convert_eltwise(layer: LayerSpec, ctx: BuildContext) -> Eltwise:
             f"bottoms must all have the same shape (Caffe does not broadcast), got {named}", InputShapeError
         )
     return module
+
+
+@register_writer(Eltwise)
+def write_eltwise(module: Eltwise, layer: Any) -> None:
+    """``eltwise_param``: operation, coeff, stable_prod_grad."""
+    write_fields(layer.eltwise_param, module.caffe_settings())

@@ -11,17 +11,18 @@ from the set-up one is refused ("Input size incompatible with inner product para
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from caffenorm.caffe.registry import BuildContext, register_layer
+from caffenorm.caffe.registry import BuildContext, register_layer, register_writer, write_fields
 from caffenorm.caffe.spec import LayerSpec
 from caffenorm.errors import InputShapeError, LayerConfigError
 from caffenorm.nn._base import CaffeLayer
 
-__all__ = ["InnerProduct", "convert_inner_product"]
+__all__ = ["InnerProduct", "convert_inner_product", "write_inner_product"]
 
 
 class InnerProduct(CaffeLayer):
@@ -68,6 +69,14 @@ class InnerProduct(CaffeLayer):
         weight = self.weight.t() if self.transpose else self.weight
         return F.linear(rows, weight, self.bias).reshape(*lead, self.num_output)
 
+    def caffe_settings(self) -> dict[str, Any]:
+        return {
+            "num_output": self.num_output,
+            "bias_term": self.bias_term,
+            "axis": self.axis,
+            "transpose": self.transpose,
+        }
+
     def extra_repr(self) -> str:
         return (
             f"num_output={self.num_output}, in_features={self.in_features}, axis={self.axis}, "
@@ -100,3 +109,13 @@ def convert_inner_product(layer: LayerSpec, ctx: BuildContext) -> InnerProduct:
     if module.bias is not None:
         ctx.fill(module.bias, p.bias_filler)
     return module
+
+
+@register_writer(InnerProduct)
+def write_inner_product(module: InnerProduct, layer: Any) -> None:
+    """``inner_product_param``: num_output (required: always written), bias_term, axis, transpose
+    (a folded layer gains ``bias_term: true``)."""
+    param = layer.inner_product_param
+    settings = module.caffe_settings()
+    write_fields(param, {"num_output": settings.pop("num_output")}, keep_defaults=True)
+    write_fields(param, settings)

@@ -4,12 +4,13 @@ HDF5, image lists...; here their tops are the net's inputs)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from caffenorm.caffe.registry import BuildContext, register_layer
+from caffenorm.caffe.registry import BuildContext, register_layer, register_writer
 from caffenorm.caffe.spec import LayerSpec
 from caffenorm.nn._base import CaffeLayer
 
-__all__ = ["InputLayer", "convert_data", "convert_input", "convert_memory_data"]
+__all__ = ["InputLayer", "convert_data", "convert_input", "convert_memory_data", "write_input"]
 
 
 class InputLayer(CaffeLayer):
@@ -21,6 +22,9 @@ class InputLayer(CaffeLayer):
     def __init__(self, shapes: Sequence[tuple[int, ...] | None]) -> None:
         super().__init__()
         self.shapes = list(shapes)
+
+    def caffe_settings(self) -> dict[str, Any]:
+        return {"shape": [list(s) if s is not None else None for s in self.shapes]}
 
     def extra_repr(self) -> str:
         return f"shapes={self.shapes}"
@@ -50,3 +54,18 @@ def convert_memory_data(layer: LayerSpec, ctx: BuildContext) -> InputLayer:
 def convert_data(layer: LayerSpec, ctx: BuildContext) -> InputLayer:
     """Data read from files: the tops become inputs whose shapes come from ``input_shapes``."""
     return InputLayer([None] * len(layer.tops))
+
+
+@register_writer(InputLayer)
+def write_input(module: InputLayer, layer: Any) -> None:
+    """``input_param.shape`` of an Input layer, from the module's declared shapes (data layers keep
+    their own parameters: their shapes come from their sources)."""
+    if layer.type != "Input":
+        return
+    shapes = module.caffe_settings()["shape"]
+    del layer.input_param.shape[:]
+    if all(s is not None for s in shapes):
+        if len(set(map(tuple, shapes))) == 1 and len(shapes) > 1:
+            shapes = shapes[:1]  # one shape for every top, as Caffe allows
+        for dims in shapes:
+            layer.input_param.shape.add().dim.extend(dims)

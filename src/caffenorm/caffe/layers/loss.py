@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from caffenorm.caffe.registry import BuildContext, register_layer
+from caffenorm.caffe.registry import BuildContext, register_layer, register_writer, write_fields
 from caffenorm.caffe.spec import LayerSpec
 from caffenorm.errors import InputShapeError, LayerConfigError
 from caffenorm.functional._checks import canonical_axis
@@ -89,6 +89,9 @@ class SoftmaxWithLoss(CaffeLayer):
             return loss
         return loss, torch.softmax(scores, dim=canonical_axis("SoftmaxWithLoss", "axis", self.axis, scores.dim()))
 
+    def caffe_settings(self) -> dict[str, Any]:
+        return {"axis": self.axis, "ignore_label": self.ignore_label, "normalization": self.normalization}
+
     def extra_repr(self) -> str:
         return f"axis={self.axis}, ignore_label={self.ignore_label}, normalization={self.normalization}, tops={self.tops}"
 
@@ -135,6 +138,9 @@ class Accuracy(CaffeLayer):
         per_class_hits = torch.zeros(classes, dtype=s.dtype, device=s.device).index_add_(0, index, correct.to(s.dtype))
         return accuracy, per_class_hits / per_class_total.clamp_min(1)
 
+    def caffe_settings(self) -> dict[str, Any]:
+        return {"top_k": self.top_k, "axis": self.axis, "ignore_label": self.ignore_label}
+
     def extra_repr(self) -> str:
         return f"top_k={self.top_k}, axis={self.axis}, ignore_label={self.ignore_label}, tops={self.tops}"
 
@@ -172,3 +178,20 @@ def convert_accuracy(layer: LayerSpec, ctx: BuildContext) -> Accuracy:
     ctx.require_tops(1, 2)
     p = layer.param.accuracy_param
     return Accuracy(p.top_k, p.axis, _ignore_label(p), len(layer.tops))
+
+
+@register_writer(SoftmaxWithLoss)
+def write_softmax_with_loss(module: SoftmaxWithLoss, layer: Any) -> None:
+    """``softmax_param.axis`` and ``loss_param``: the legacy ``normalize`` is replaced by the
+    ``normalization`` it meant."""
+    write_fields(layer.softmax_param, {"axis": module.axis})
+    if layer.loss_param.HasField("normalize"):
+        layer.loss_param.ClearField("normalize")
+        write_fields(layer.loss_param, {"normalization": module.normalization}, keep_defaults=True)
+    write_fields(layer.loss_param, {"ignore_label": module.ignore_label, "normalization": module.normalization})
+
+
+@register_writer(Accuracy)
+def write_accuracy(module: Accuracy, layer: Any) -> None:
+    """``accuracy_param``: top_k, axis, ignore_label."""
+    write_fields(layer.accuracy_param, module.caffe_settings())

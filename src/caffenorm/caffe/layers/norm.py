@@ -7,13 +7,22 @@ is constant 0, not 1), Scale's two-bottom form, and blob shapes derived from the
 
 from __future__ import annotations
 
-from caffenorm.caffe.registry import BuildContext, register_layer
+from typing import Any
+
+from caffenorm.caffe.registry import BuildContext, register_layer, register_writer, write_fields
 from caffenorm.caffe.spec import LayerSpec
 from caffenorm.errors import LayerConfigError, UnsupportedLayerError
 from caffenorm.functional._checks import canonical_axis
 from caffenorm.nn import LRN, BatchNorm, Bias, Normalize, Scale
 
-__all__ = ["convert_batch_norm", "convert_bias", "convert_lrn", "convert_normalize", "convert_scale"]
+__all__ = [
+    "convert_batch_norm",
+    "convert_bias",
+    "convert_lrn",
+    "convert_normalize",
+    "convert_scale",
+    "write_norm",
+]
 
 
 @register_layer("LRN")
@@ -108,3 +117,18 @@ def convert_normalize(layer: LayerSpec, ctx: BuildContext) -> Normalize:
     # No scale_filler: constant 1 (SSD prototxts give value 20).
     ctx.fill(module.weight, p.scale_filler if p.HasField("scale_filler") else None)
     return module
+
+
+_PARAM_FIELDS: dict[type, str] = {
+    LRN: "lrn_param",
+    BatchNorm: "batch_norm_param",
+    Scale: "scale_param",
+    Bias: "bias_param",
+    Normalize: "norm_param",
+}
+
+
+@register_writer(*_PARAM_FIELDS)
+def write_norm(module: Any, layer: Any) -> None:
+    """The module's current settings (an edited ``k``, ``eps``, ...) into its ``*_param``."""
+    write_fields(getattr(layer, _PARAM_FIELDS[type(module)]), module.caffe_settings())

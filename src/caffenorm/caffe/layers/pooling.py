@@ -3,7 +3,8 @@
 
 What the converter adds to the op:
 
-* the field checks of ``LayerSetUp`` (:func:`resolve_pooling_param`), raised with the layer's
+* the field checks of ``LayerSetUp`` (:func:`resolve_pooling_param`, which reads the
+  ``caffe.PoolingParameter`` message; the op itself takes plain values), raised with the layer's
   location;
 * ``pool: STOCHASTIC`` is refused when the net is built: Caffe's CPU code is ``NOT_IMPLEMENTED``
   and its GPU code samples in TRAIN, so there is no single result to reproduce;
@@ -21,13 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from caffenorm.caffe.ops.pooling import _FLT_MAX, caffe_pool2d, pooled_size, resolve_pooling_param
-from caffenorm.caffe.registry import BuildContext, register_layer
+from caffenorm.caffe.ops.pooling import _FLT_MAX, IntPair, _pair, caffe_pool2d, pooled_size
+from caffenorm.caffe.layers._fields import enum_name, has, where, write_pair
+from caffenorm.caffe.registry import BuildContext, register_layer, register_writer, write_fields
 from caffenorm.caffe.spec import LayerSpec
-from caffenorm.errors import CaffeNormError, LayerConfigError, UnsupportedLayerError
+from caffenorm.errors import CaffeNormError, InputShapeError, LayerConfigError, UnsupportedLayerError
 from caffenorm.nn._base import CaffeLayer
 
-__all__ = ["Pooling", "convert_pooling"]
+__all__ = ["Pooling", "convert_pooling", "resolve_pooling_param", "write_pooling"]
 
 Pair = tuple[int, int]
 
@@ -92,11 +94,154 @@ class Pooling(CaffeLayer):
         mask = (h * W + w).to(x.dtype)
         return torch.where(values > -_FLT_MAX, mask, torch.full_like(mask, -1))
 
+    def caffe_settings(self) -> dict[str, Any]:
+        return {
+            "pool": self.pool,
+            "kernel_size": self.kernel_size,
+            "stride": self.stride,
+            "pad": self.pad,
+            "round_mode": self.round_mode,
+            "global_pooling": self.global_pooling,
+        }
+
     def extra_repr(self) -> str:
         return (
             f"pool={self.pool}, kernel_size={self.kernel_size}, stride={self.stride}, pad={self.pad}, "
             f"round_mode={self.round_mode}, global_pooling={self.global_pooling}, top_mask={self.top_mask}"
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# The PoolingParameter message
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_pooling_param(
+    param: Any,
+    input_hw: IntPair | None = None,
+    *,
+    layer_name: str | None = None,
+) -> dict[str, Any]:
+    """A ``caffe.PoolingParameter`` message as keyword arguments for :func:`~caffenorm.caffe.ops.pooling.caffe_pool2d`.
+
+    Returns ``{"method", "kernel_hw", "stride_hw", "pad_hw", "round_mode", "global_pooling"}``.
+    Applies the checks of ``PoolingLayer::LayerSetUp`` (pooling_layer.cpp), raising
+    :class:`~caffenorm.errors.LayerConfigError`:
+
+    * kernel: ``kernel_size``, or both ``kernel_h`` and ``kernel_w``; every value > 0. (Caffe's own
+      check lets ``kernel_size`` together with a lone ``kernel_h`` or ``kernel_w`` through and then
+      uses ``kernel_size``; so does this function.) With ``global_pooling`` no kernel field may be
+      set and the kernel is ``input_hw`` (``None`` if ``input_hw`` is not given).
+    * pad: ``pad``, or both ``pad_h`` and ``pad_w`` (not mixed); stride likewise (stride must be
+      > 0, which Caffe does not check but divides by).
+    * with any pad non-zero: ``pool`` must be MAX or AVE and ``pad < kernel`` per axis.
+    * with ``global_pooling``: pad 0 and stride 1.
+    * ``pool: STOCHASTIC`` is accepted here (Caffe accepts it at setup);
+      :func:`~caffenorm.caffe.ops.pooling.caffe_pool2d` raises for it.
+
+    ``engine`` is ignored. With ``input_hw`` given, an empty output is reported as
+    :class:`~caffenorm.errors.InputShapeError`.
+    """
+    layer = where("Pooling", layer_name)
+    method = enum_name(param, "pool")
+    round_mode = enum_name(param, "round_mode")
+    global_pooling = bool(param.global_pooling)
+
+    has_ks, has_kh, has_kw = has(param, "kernel_size"), has(param, "kernel_h"), has(param, "kernel_w")
+    kernel: IntPair | None
+    if global_pooling:
+        if has_ks or has_kh or has_kw:
+            set_fields = [f for f, s in (("kernel_size", has_ks), ("kernel_h", has_kh), ("kernel_w", has_kw)) if s]
+            raise LayerConfigError(
+                f"{layer}: global_pooling: true takes the kernel from the input; {', '.join(set_fields)} must not "
+                "be set"
+            )
+        kernel = None if input_hw is None else _pair(layer, "input_hw", tuple(input_hw), minimum=1)
+    else:
+        if has_ks:
+            kernel = (int(param.kernel_size), int(param.kernel_size))
+        elif has_kh and has_kw:
+            kernel = (int(param.kernel_h), int(param.kernel_w))
+        elif has_kh or has_kw:
+            given, missing = ("kernel_h", "kernel_w") if has_kh else ("kernel_w", "kernel_h")
+            raise LayerConfigError(
+                f"{layer}: {given}={getattr(param, given)} is set without {missing}; a non-square kernel needs both "
+                "kernel_h and kernel_w (or use kernel_size)"
+            )
+        else:
+            raise LayerConfigError(
+                f"{layer}: no kernel size; set kernel_size, or kernel_h and kernel_w, or global_pooling: true"
+            )
+        for axis, k in zip("hw", kernel):
+            if k <= 0:
+                field = "kernel_size" if has_ks else f"kernel_{axis}"
+                raise LayerConfigError(f"{layer}: {field}=0 is not allowed; filter dimensions must be > 0")
+
+    def _pair_field(base: str, default: int) -> IntPair:
+        has_one, has_h, has_w = has(param, base), has(param, f"{base}_h"), has(param, f"{base}_w")
+        if has_h or has_w:
+            if has_one:
+                raise LayerConfigError(
+                    f"{layer}: {base}={getattr(param, base)} is set together with {base}_h/{base}_w; give {base} OR "
+                    f"both {base}_h and {base}_w"
+                )
+            if not (has_h and has_w):
+                given, missing = (f"{base}_h", f"{base}_w") if has_h else (f"{base}_w", f"{base}_h")
+                raise LayerConfigError(
+                    f"{layer}: {given}={getattr(param, given)} is set without {missing}; give {base} OR both "
+                    f"{base}_h and {base}_w"
+                )
+            return int(getattr(param, f"{base}_h")), int(getattr(param, f"{base}_w"))
+        v = int(getattr(param, base)) if has_one else default
+        return v, v
+
+    pad = _pair_field("pad", 0)
+    stride = _pair_field("stride", 1)
+    for axis, s in zip("hw", stride):
+        if s <= 0:
+            field = f"stride_{axis}" if has(param, f"stride_{axis}") else "stride"
+            raise LayerConfigError(f"{layer}: {field}={s} is not allowed; the stride must be >= 1")
+    if global_pooling and (pad != (0, 0) or stride != (1, 1)):
+        raise LayerConfigError(
+            f"{layer}: with global_pooling: true only pad = 0 and stride = 1 are allowed; got pad {pad}, "
+            f"stride {stride}"
+        )
+    if pad != (0, 0):
+        if method not in ("MAX", "AVE"):
+            raise LayerConfigError(
+                f"{layer}: pool={method} with pad {pad} is not allowed; Caffe implements padding only for MAX and "
+                "AVE pooling (set pad to 0)"
+            )
+        assert kernel is not None  # global pooling has pad 0
+        for axis, p, k in zip("hw", pad, kernel):
+            if p >= k:
+                field = f"pad_{axis}" if has(param, f"pad_{axis}") else "pad"
+                kfield = "kernel_size" if has_ks else f"kernel_{axis}"
+                raise LayerConfigError(
+                    f"{layer}: {field}={p} is not allowed with {kfield}={k}; Caffe requires pad < kernel"
+                )
+
+    if input_hw is not None and kernel is not None:
+        H, W = _pair(layer, "input_hw", tuple(input_hw), minimum=0)
+        any_pad = pad != (0, 0)
+        out = (
+            pooled_size(H, kernel[0], stride[0], pad[0], round_mode, any_pad=any_pad),
+            pooled_size(W, kernel[1], stride[1], pad[1], round_mode, any_pad=any_pad),
+        )
+        if min(out) < 1:
+            raise InputShapeError(
+                f"{layer}: input {H}x{W} with kernel {kernel}, stride {stride}, pad {pad} gives an output of "
+                f"{out[0]}x{out[1]}; the kernel must fit into the padded input"
+            )
+
+    return {
+        "method": method,
+        "kernel_hw": kernel,
+        "stride_hw": stride,
+        "pad_hw": pad,
+        "round_mode": round_mode,
+        "global_pooling": global_pooling,
+    }
 
 
 @register_layer("Pooling")
@@ -131,3 +276,20 @@ def convert_pooling(layer: LayerSpec, ctx: BuildContext) -> Pooling:
         r["global_pooling"],
         top_mask=len(layer.tops) == 2,
     )
+
+
+@register_writer(Pooling)
+def write_pooling(module: Pooling, layer: Any) -> None:
+    """``pooling_param``: pool, the kernel (none with ``global_pooling``), stride, pad (one value, or
+    ``_h``/``_w`` when the axes differ), round_mode and global_pooling."""
+    param = layer.pooling_param
+    settings = module.caffe_settings()
+    write_fields(param, {"pool": settings["pool"], "round_mode": settings["round_mode"],
+                         "global_pooling": settings["global_pooling"]})
+    if settings["global_pooling"]:
+        for field in ("kernel_size", "kernel_h", "kernel_w"):
+            param.ClearField(field)
+    else:
+        write_pair(param, "kernel_size", settings["kernel_size"], None, repeated=False)
+    write_pair(param, "stride", settings["stride"], 1, repeated=False)
+    write_pair(param, "pad", settings["pad"], 0, repeated=False)

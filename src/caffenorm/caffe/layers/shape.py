@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from google.protobuf.message import Message
 from torch import Tensor
 
-from caffenorm.caffe.registry import BuildContext, register_layer
+from caffenorm.caffe.registry import BuildContext, register_layer, register_writer, write_fields
 from caffenorm.caffe.spec import LayerSpec
 from caffenorm.errors import InputShapeError, LayerConfigError
 from caffenorm.functional._checks import canonical_axis
@@ -96,6 +97,9 @@ class Concat(CaffeLayer):
             return first
         return torch.cat(bottoms, dim=axis)
 
+    def caffe_settings(self) -> dict[str, Any]:
+        return {self.axis_param: self.axis}
+
     def extra_repr(self) -> str:
         return f"{self.axis_param}={self.axis}"
 
@@ -168,6 +172,9 @@ class Slice(CaffeLayer):
             return x  # Caffe shares the data
         return tuple(torch.split(x, sizes, dim=axis))
 
+    def caffe_settings(self) -> dict[str, Any]:
+        return {self.axis_param: self.axis, "slice_point": list(self.slice_point)}
+
     def extra_repr(self) -> str:
         return f"num_tops={self.num_tops}, {self.axis_param}={self.axis}, slice_point={list(self.slice_point)}"
 
@@ -225,6 +232,9 @@ class Flatten(CaffeLayer):
                 f"of the {len(shape)}-D input {shape}; end_axis must be >= axis - 1"
             )
         return x.reshape(*shape[:start], math.prod(shape[start : end + 1]), *shape[end + 1 :])
+
+    def caffe_settings(self) -> dict[str, Any]:
+        return {"axis": self.axis, "end_axis": self.end_axis}
 
     def extra_repr(self) -> str:
         return f"axis={self.axis}, end_axis={self.end_axis}"
@@ -301,6 +311,9 @@ class Reshape(CaffeLayer):
     def forward(self, x: Tensor) -> Tensor:
         return x.reshape(self.top_shape(x.shape))
 
+    def caffe_settings(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), "axis": self.axis, "num_axes": self.num_axes}
+
     def extra_repr(self) -> str:
         return f"shape={list(self.shape)}, axis={self.axis}, num_axes={self.num_axes}"
 
@@ -348,6 +361,9 @@ class Crop(CaffeLayer):
             out = out.narrow(i, off, size)
         return out
 
+    def caffe_settings(self) -> dict[str, Any]:
+        return {"axis": self.axis, "offset": list(self.offset)}
+
     def extra_repr(self) -> str:
         return f"axis={self.axis}, offset={list(self.offset)}"
 
@@ -384,6 +400,9 @@ class Permute(CaffeLayer):
         # Caffe writes the permuted blob out; a contiguous result keeps later views cheap.
         return x.permute(order).contiguous()
 
+    def caffe_settings(self) -> dict[str, Any]:
+        return {"order": list(self.order)}
+
     def extra_repr(self) -> str:
         return f"order={list(self.order)}"
 
@@ -406,6 +425,9 @@ class Tile(CaffeLayer):
         reps = [1] * x.dim()
         reps[axis] = self.tiles
         return x.repeat(reps)
+
+    def caffe_settings(self) -> dict[str, Any]:
+        return {"tiles": self.tiles, "axis": self.axis}
 
     def extra_repr(self) -> str:
         return f"tiles={self.tiles}, axis={self.axis}"
@@ -464,6 +486,9 @@ class ArgMax(CaffeLayer):
         values, indices = self._top(flat)
         out = torch.stack((indices, values), 1) if self.out_max_val else indices.unsqueeze(1)
         return out.reshape(*out.shape, *(1,) * max(0, x.dim() - 3))
+
+    def caffe_settings(self) -> dict[str, Any]:
+        return {"top_k": self.top_k, "axis": self.axis, "out_max_val": self.out_max_val}
 
     def extra_repr(self) -> str:
         return f"top_k={self.top_k}, axis={self.axis}, out_max_val={self.out_max_val}"
@@ -598,3 +623,30 @@ def convert_argmax(layer: LayerSpec, ctx: BuildContext) -> ArgMax:
     _require_tops(layer, ctx, 1)
     p = layer.param.argmax_param
     return ArgMax(p.top_k, p.axis if p.HasField("axis") else None, p.out_max_val)
+
+
+# -- writer ----------------------------------------------------------------------------------------
+
+_PARAM_FIELDS: dict[type, str] = {
+    Concat: "concat_param",
+    Slice: "slice_param",
+    Flatten: "flatten_param",
+    Reshape: "reshape_param",
+    Crop: "crop_param",
+    Permute: "permute_param",
+    Tile: "tile_param",
+    ArgMax: "argmax_param",
+}
+
+
+@register_writer(*_PARAM_FIELDS)
+def write_shape(module: CaffeLayer, layer: Any) -> None:
+    """The module's settings into its ``*_param`` (Reshape's shape is a ``BlobShape``; Tile's
+    ``tiles`` is required, so always written)."""
+    param = getattr(layer, _PARAM_FIELDS[type(module)])
+    settings = module.caffe_settings()
+    if isinstance(module, Reshape):
+        dims = settings.pop("shape")
+        del param.shape.dim[:]
+        param.shape.dim.extend(dims)
+    write_fields(param, settings, keep_defaults=isinstance(module, Tile))

@@ -1,0 +1,204 @@
+"""From a prototxt to a :class:`~caffenorm.caffe.graph.Graph`: read and upgrade the definition,
+select the layers of the phase, check the wiring, build each layer's module with its converter and
+infer every blob's shape -- before anything is allocated or run.
+
+Shapes are inferred in one place, :meth:`CaffeLayer.output_shapes`, layer by layer in net order,
+so a converter sees its bottoms' shapes (Caffe's ``LayerSetUp`` reads them too).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from google.protobuf.message import Message
+from torch import Tensor
+
+from caffenorm.caffe import io
+from caffenorm.caffe import layers as _layers  # noqa: F401 - registers the layer families
+from caffenorm.caffe.graph import Graph, Node
+from caffenorm.caffe.layers.input import InputLayer
+from caffenorm.caffe.registry import BuildContext, get_converter
+from caffenorm.caffe.spec import LayerSpec, layer_specs, parse_phase
+from caffenorm.caffe.upgrade import upgrade_net
+from caffenorm.errors import CaffeNormError, NetDefinitionError
+from caffenorm.nn._base import CaffeLayer, Shape
+
+__all__ = ["Built", "build_graph", "read_net"]
+
+PathLike = str | os.PathLike[str]
+
+
+def read_net(
+    prototxt: PathLike, phase: str = "test", level: int = 0, stages: Sequence[str] = ()
+) -> tuple[Message, list[LayerSpec]]:
+    """Read and upgrade a prototxt; return it and the layers of ``phase``/``level``/``stages``.
+
+    As Caffe's ``Net(file, phase, level, stages)``: the file's own ``state`` stages are kept and
+    the given ones added; its phase and level are replaced.
+    """
+    path = Path(prototxt)
+    net_param, lines = io.read_prototxt(path)
+    if net_param.input or net_param.input_shape or net_param.input_dim:
+        lines = [None, *lines]  # the upgrade prepends an Input layer that has no line of its own
+    upgrade_net(net_param, str(path))
+    all_stages = [*net_param.state.stage, *stages]
+    specs = layer_specs(net_param, lines, str(path), phase, level, all_stages)
+    if not specs:
+        raise NetDefinitionError(f"{path}: no layers for phase {parse_phase(phase)}")
+    return net_param, specs
+
+
+@dataclass
+class Built:
+    """What building produced: the graph; the fillers not yet run because weights will come from a
+    caffemodel (layer name -> [(tensor, FillerParameter)]); the seeded generator they will use."""
+
+    graph: Graph
+    deferred_fills: dict[str, list[tuple[Tensor, Message]]] = field(default_factory=dict)
+    generator: torch.Generator = field(default_factory=torch.Generator)
+
+
+def _check_wiring(spec: LayerSpec, producer: dict[str, LayerSpec], later: dict[str, LayerSpec]) -> None:
+    """Caffe's rules: a bottom must be produced earlier; a second writer of a blob only in place."""
+    for bottom in spec.bottoms:
+        if bottom in producer:
+            continue
+        source = later.get(bottom)
+        if source is not None and source is not spec:
+            raise NetDefinitionError(
+                f"bottom {bottom!r} is only produced later, by {source.where()}; Caffe runs layers in prototxt order",
+                location=spec.location,
+            )
+        raise NetDefinitionError(
+            f"bottom {bottom!r} is not produced by any layer (nor declared as an input)", location=spec.location
+        )
+    for i, top in enumerate(spec.tops):
+        in_place = i < len(spec.bottoms) and spec.bottoms[i] == top
+        if top in producer and not in_place:
+            raise NetDefinitionError(
+                f"top {top!r} is already produced by {producer[top].where()}; Caffe only allows a second writer "
+                "in place (bottom == top at the same position)",
+                location=spec.location,
+            )
+
+
+def _top_shapes(spec: LayerSpec, module: CaffeLayer, shapes: list[Shape | None]) -> list[Shape | None]:
+    if any(s is None or None in s for s in shapes):
+        return [None] * len(spec.tops)
+    try:
+        tops = module.output_shapes(*shapes)  # type: ignore[arg-type]
+    except CaffeNormError as err:
+        raise err.at(spec.location) from None
+    except (RuntimeError, ValueError, TypeError, IndexError, NotImplementedError) as err:
+        raise NetDefinitionError(f"does not fit bottoms of shapes {shapes}: {err}", location=spec.location) from None
+    if len(tops) != len(spec.tops):
+        raise NetDefinitionError(f"produces {len(tops)} outputs for {len(spec.tops)} tops", location=spec.location)
+    return tops
+
+
+def module_key(name: str) -> str:
+    """The key of a layer's module in ``Net.layers`` ('.' is not allowed in module names)."""
+    return name.replace(".", "/")
+
+
+def build_graph(
+    net_param: Message,
+    specs: Sequence[LayerSpec],
+    phase: str,
+    *,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    seed: int = 0,
+    defer_fillers: bool = False,
+    source: str = "<net>",
+) -> Built:
+    """Build every layer of ``specs`` and infer every blob's shape.
+
+    Args:
+        net_param: the upgraded net definition (kept in the graph for writing back).
+        specs: the layers of the phase, in order (see :func:`read_net`).
+        phase: ``"train"`` or ``"test"``.
+        input_shapes: shapes for inputs the prototxt does not declare (or to override them).
+        seed: seed of the fillers.
+        defer_fillers: record the fillers instead of running them (weights come from a caffemodel).
+        source: the prototxt's path, for messages.
+    """
+    phase = parse_phase(phase)
+    overrides = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
+    generator = torch.Generator().manual_seed(seed)
+    shapes: dict[str, Shape | None] = {}
+    producer: dict[str, LayerSpec] = {}
+    later = {top: s for s in reversed(specs) for top in s.tops}
+    keys: dict[str, LayerSpec] = {}
+    nodes: list[Node] = []
+    deferred: dict[str, list[tuple[Tensor, Message]]] = {}
+    for spec in specs:
+        _check_wiring(spec, producer, later)
+        key = module_key(spec.name)
+        if key in keys:
+            raise NetDefinitionError(
+                f"a layer named {keys[key].name!r} already exists ({keys[key].where()}); names must be unique",
+                location=spec.location,
+            )
+        keys[key] = spec
+        bottom_shapes = [shapes[b] for b in spec.bottoms]
+        ctx = BuildContext(spec, bottom_shapes, phase, generator, [] if defer_fillers else None)
+        try:
+            module = get_converter(spec)(spec, ctx)
+        except CaffeNormError as err:
+            raise err.at(spec.location) from None
+        if not isinstance(module, CaffeLayer):
+            raise TypeError(f"converter for {spec.type} returned {type(module).__name__}, not a CaffeLayer")
+        if ctx.deferred_fills:
+            deferred[spec.name] = ctx.deferred_fills
+        is_input = isinstance(module, InputLayer)
+        if is_input:
+            if len(module.shapes) != len(spec.tops):
+                raise NetDefinitionError(
+                    f"declares {len(module.shapes)} shapes for {len(spec.tops)} tops", location=spec.location
+                )
+            tops: list[Shape | None] = []
+            for top, declared in zip(spec.tops, module.shapes):
+                shape = overrides.pop(top, declared)
+                if shape is not None:
+                    ctx.check_elements(shape, f"input {top!r}")
+                tops.append(shape)
+        else:
+            tops = _top_shapes(spec, module, bottom_shapes)
+            for top, shape in zip(spec.tops, tops):
+                if shape is not None and None not in shape:
+                    ctx.check_elements(shape, f"top {top!r}")  # type: ignore[arg-type]
+        for top, shape in zip(spec.tops, tops):
+            shapes[top] = shape
+            producer[top] = spec
+        definition = type(spec.param)()
+        definition.CopyFrom(spec.param)
+        definition.ClearField("blobs")
+        nodes.append(
+            Node(
+                spec.name,
+                spec.type,
+                spec.bottoms,
+                spec.tops,
+                module,
+                spec.location,
+                (definition,),
+                (spec.index,),
+                tuple(tops),
+                is_input=is_input,
+            )
+        )
+    if overrides:
+        inputs = [top for n in nodes if n.is_input for top in n.tops]
+        raise NetDefinitionError(
+            f"{source}: input_shapes names {sorted(overrides)}, which are not inputs of this net; inputs: {inputs}"
+        )
+    definition = type(net_param)()
+    definition.CopyFrom(net_param)
+    for layer in definition.layer:
+        layer.ClearField("blobs")
+    graph = Graph(tuple(nodes), definition, source, phase, phase_indices=frozenset(s.index for s in specs))
+    return Built(graph, deferred, generator)
