@@ -18,6 +18,7 @@ from caffenorm.functional.lrn import NormRegion
 from caffenorm.caffe.graph import Graph, Node
 from caffenorm.caffe.net import Net, load
 from caffenorm.precision import full_float32
+from caffenorm.transform import Transform, load_image, transform_batch, transform_image
 from caffenorm.nn import LRN, BatchNorm, BatchNormScale, Bias, CaffeLayer, Normalize, Scale
 
 __version__ = "0.1.0"
@@ -44,9 +45,13 @@ __all__ = [
     "Normalize",
     "PrototxtSyntaxError",
     "Scale",
+    "Transform",
     "UnsupportedLayerError",
     "__version__",
     "full_float32",
     "functional",
     "load",
+    "load_image",
+    "transform_batch",
+    "transform_image",
 ]

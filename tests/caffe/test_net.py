@@ -306,3 +306,27 @@ def test_input_dtypes_are_checked(tmp_path):
         net(np.array([["a"]]))
     out = net(np.ones((1, 4, 5, 5), dtype=np.float64))["out"]  # arrays are data: converted
     assert out.dtype == torch.float32
+
+
+def test_a_data_layers_transform_param_is_the_inputs_transform(tmp_path):
+    proto = tmp_path / "t.prototxt"
+    proto.write_text(
+        'layer { name: "data" type: "Data" top: "data" top: "label"\n'
+        "  transform_param { scale: 0.5 mean_value: 104 mean_value: 117 mean_value: 123 crop_size: 4 } }\n"
+        'layer { name: "r" type: "ReLU" bottom: "data" top: "r" }\n'
+        'layer { name: "s" type: "Silence" bottom: "label" }\n'
+        'layer { name: "missing_mean" type: "ImageData" top: "other" top: "other_label"\n'
+        '  transform_param { mean_file: "nowhere.binaryproto" } }\n'
+        'layer { name: "s2" type: "Silence" bottom: "other" bottom: "other_label" }\n'
+    )
+    shapes = {"data": (2, 3, 4, 4), "label": (2,), "other": (1, 3, 4, 4), "other_label": (1,)}
+    net = caffenorm.load(proto, phase="train", input_shapes=shapes)  # the missing mean file is read lazily
+    t = net.input_transform()
+    assert t.crop == (4, 4) and t.mean == (104.0, 117.0, 123.0) and t.scale == 0.5 and t.phase == "train"
+    image = np.full((6, 6, 3), 200, dtype=np.uint8)
+    out = t(image, rng=np.random.default_rng(0))  # TRAIN crops at a random offset
+    assert out.shape == (3, 4, 4)
+    np.testing.assert_allclose(out[:, 0, 0], (200 - np.array([104.0, 117.0, 123.0])) * 0.5)
+    assert net.input_transform("label") is None
+    with pytest.raises(caffenorm.ModelFileError, match=r"layer 'missing_mean' \(ImageData\).*nowhere\.binaryproto"):
+        net.input_transform("other")

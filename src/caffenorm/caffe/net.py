@@ -33,6 +33,7 @@ from caffenorm.caffe.weights import load_weights
 from caffenorm.errors import CaffeNormError, InputShapeError, Location, NetDefinitionError
 from caffenorm.nn._base import CaffeLayer, Shape
 from caffenorm.precision import check_precision, full_float32
+from caffenorm.transform import Transform
 
 __all__ = ["Net", "load", "read_net"]
 
@@ -133,6 +134,21 @@ class Net(nn.Module):
     def input_shapes(self) -> dict[str, Shape | None]:
         """The declared shape of each input (``None`` where the prototxt has none)."""
         return self._graph.input_shapes
+
+    def input_transform(self, name: str | None = None) -> Transform | None:
+        """What Caffe does to an image before it reaches input ``name`` (default: the first): the
+        data layer's ``transform_param`` as a :class:`caffenorm.transform.Transform` (mean, scale,
+        crop, mirror), or None when the layer has none (Input layers never do)."""
+        name = name or self.inputs[0]
+        for node in self._graph.nodes:
+            if node.is_input and name in node.tops:
+                if name != node.tops[0]:
+                    return None  # transform_param applies to a data layer's first top (the images)
+                try:
+                    return node.module.transform()  # type: ignore[operator,no-any-return]
+                except CaffeNormError as err:
+                    raise err.at(node.location) from None
+        raise KeyError(f"{name!r} is not an input of this net; inputs: {self.inputs}")
 
     @property
     def outputs(self) -> list[str]:
