@@ -1,6 +1,6 @@
 """Caffe's LRN (local response normalization), both regions, with a hand-written backward.
 
-Both regions share one shape of computation, which is what lets one autograd Function serve them:
+Both regions share one shape of computation, which is what lets one pair of ops serve them:
 
     S = k' + c * window_sum(x**2)         y = x * S**(-beta)
     dx = g * S**(-beta) - 2 * beta * c * x * window_sum(g * y / S)
@@ -9,6 +9,12 @@ ACROSS_CHANNELS: the window is ``local_size`` channels, ``c = alpha / n``, ``k' 
 WITHIN_CHANNEL: the window is ``n x n`` spatial positions, ``c = alpha / n**2``, ``k' = 1``.
 Both windows are zero padded and symmetric, so the window sum is its own adjoint.  Backward keeps
 ``x``, ``y`` and ``S``: recomputing ``S`` instead would save one tensor but cost about 20% more time.
+
+The math lives in two ``torch.library`` custom ops, ``caffenorm::lrn`` (returns ``y`` and ``S``)
+and ``caffenorm::lrn_backward``, with fake kernels and an autograd formula that calls the backward
+op.  Tracers and compilers (``torch.export``, ``torch.compile(fullgraph=True)``, ``torch.jit.trace``)
+see each as one node, so the eager kernels, including the data-dependent emulation of Caffe's
+running sum for non-finite inputs, run unchanged inside traced programs.
 """
 
 from __future__ import annotations
@@ -91,7 +97,9 @@ def _poison_like_running_sum(t: Tensor, wsum: Tensor, half: int) -> None:
     position is NaN, and once the sum itself has overflowed every later channel stays inf.  A direct
     sum recovers; this restores Caffe's result.  The common all-finite case costs one reduction.
     """
-    if t.device.type == "meta" or torch.isfinite(t.sum()):
+    # A branch on the data: fine here, since this only runs inside the eager kernels of the
+    # caffenorm::lrn ops (tracers and compilers see the ops' fake kernels instead).
+    if torch.isfinite(t.sum()):
         return
     channels = t.shape[1]
     idx = torch.arange(channels, device=t.device).view(1, channels, *([1] * (t.dim() - 2)))
@@ -123,51 +131,143 @@ def _pow_neg(s: Tensor, beta: float, out: Tensor) -> Tensor:
     return torch.pow(s, -beta, out=out)
 
 
-class _LRNFunction(torch.autograd.Function):
-    """Forward saves ``x``, ``y`` and ``S`` (the denominator base) and nothing else."""
+def _check_settings(local_size: int, alpha: float, beta: float, k: float) -> tuple[int, float, float, float]:
+    """Caffe's constraints on the scalar settings (odd positive ``local_size``, finite numbers)."""
+    return (
+        check_local_size(local_size),
+        check_real("LRN", "alpha", alpha),
+        check_real("LRN", "beta", beta),
+        check_real("LRN", "k", k),
+    )
 
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, half: int, coef: float, beta: float, k: float, within: bool) -> Tensor:
-        dims = (2, 3) if within else (1,)
-        dtype = compute_dtype(x)
-        y = torch.empty_like(x)
-        s_all = torch.empty(x.shape, dtype=dtype, device=x.device)
-        for rows in batch_slices(x):
-            xc = x[rows].to(dtype)
-            # Caffe scales each square by alpha/n before summing the window (caffe_axpy).
-            sq = torch.mul(xc, xc).mul_(coef)
-            s = _window_sum(sq, half, dims, out=s_all[rows], shift=k)
-            if not within:
-                _poison_like_running_sum(sq, s, half)
-            p = _pow_neg(s, beta, out=sq)
-            if y.dtype == dtype:
-                torch.mul(p, xc, out=y[rows])
-            else:
-                y[rows] = p.mul_(xc)
-        ctx.save_for_backward(x, y, s_all)
-        ctx.config = (half, coef, beta, dims, within)
-        return y
 
-    @staticmethod
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, None, None, None, None, None]:
-        if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None, None
-        x, y, s_all = ctx.saved_tensors
-        half, coef, beta, dims, within = ctx.config
-        dtype = s_all.dtype
-        dx = torch.empty_like(x)
-        for rows in batch_slices(x):
-            s, gc = s_all[rows], g[rows].to(dtype)
-            ratio = torch.mul(gc, y[rows].to(dtype)).div_(s)
-            w = _window_sum(ratio, half, dims, out=torch.empty_like(ratio))
-            if not within:
-                _poison_like_running_sum(ratio, w, half)
-            gp = _pow_neg(s, beta, out=ratio).mul_(gc)
-            if dx.dtype == dtype:
-                torch.addcmul(gp, x[rows], w, value=-2.0 * beta * coef, out=dx[rows])
-            else:
-                dx[rows] = gp.addcmul_(x[rows].to(dtype), w, value=-2.0 * beta * coef)
-        return dx, None, None, None, None, None
+def _lrn_settings(
+    local_size: int, alpha: float, k: float, norm_region: int
+) -> tuple[int, float, float, tuple[int, ...]]:
+    """``(half, c, k', window dims)`` of the shared computation for one region (see the module doc).
+
+    Caffe's WITHIN_CHANNEL path is Power -> AVE pooling -> Power(shift=1): k is never used and the
+    pooling divides by n*n even at borders (the padding counts).
+    """
+    half = (local_size - 1) // 2
+    if norm_region == NormRegion.WITHIN_CHANNEL:
+        return half, alpha / (local_size * local_size), 1.0, (2, 3)
+    return half, alpha / local_size, k, (1,)
+
+
+# The schemas are written out rather than inferred from the type hints: inference of string
+# annotations (``from __future__ import annotations``) is not available in every torch >= 2.4.
+@torch.library.custom_op(
+    "caffenorm::lrn",
+    mutates_args=(),
+    schema="(Tensor x, int local_size, float alpha, float beta, float k, int norm_region) -> (Tensor, Tensor)",
+)
+def _lrn_op(
+    x: Tensor, local_size: int, alpha: float, beta: float, k: float, norm_region: int
+) -> tuple[Tensor, Tensor]:
+    """Caffe LRN forward (``lrn_layer.cpp``; ``norm_region`` is caffe.proto's enum, 0 = ACROSS_CHANNELS,
+    1 = WITHIN_CHANNEL): returns ``y = x * S**(-beta)`` and ``S`` (kept for backward), with
+
+        S = k' + c * window_sum(x**2)   (ACROSS: c = alpha/n, k' = k; WITHIN: c = alpha/n**2, k' = 1)
+
+    ``S`` is in the compute dtype (float32 for fp16/bf16 input), ``y`` in the input dtype.  ACROSS
+    reproduces Caffe's running channel sum for non-finite inputs (``_poison_like_running_sum``);
+    that branch on the data is why this is an opaque custom op for tracers and compilers.
+    """
+    # Checked here too: direct op calls and compiled callers skip lrn()'s checks (microseconds).
+    _check_settings(local_size, alpha, beta, k)
+    parse_norm_region(norm_region)
+    half, coef, shift, dims = _lrn_settings(local_size, alpha, k, norm_region)
+    within = len(dims) == 2
+    dtype = compute_dtype(x)
+    y = torch.empty_like(x)
+    s_all = torch.empty(x.shape, dtype=dtype, device=x.device)
+    for rows in batch_slices(x):
+        xc = x[rows].to(dtype)
+        # Caffe scales each square by alpha/n before summing the window (caffe_axpy).
+        sq = torch.mul(xc, xc).mul_(coef)
+        s = _window_sum(sq, half, dims, out=s_all[rows], shift=shift)
+        if not within:
+            _poison_like_running_sum(sq, s, half)
+        p = _pow_neg(s, beta, out=sq)
+        if y.dtype == dtype:
+            torch.mul(p, xc, out=y[rows])
+        else:
+            y[rows] = p.mul_(xc)
+    return y, s_all
+
+
+@_lrn_op.register_fake
+def _(x: Tensor, local_size: int, alpha: float, beta: float, k: float, norm_region: int) -> tuple[Tensor, Tensor]:
+    # Same allocations as the real kernel, so shapes, dtypes, devices and strides all agree.
+    return torch.empty_like(x), torch.empty(x.shape, dtype=compute_dtype(x), device=x.device)
+
+
+@torch.library.custom_op(
+    "caffenorm::lrn_backward",
+    mutates_args=(),
+    schema="(Tensor grad, Tensor x, Tensor y, Tensor scale, int local_size, float alpha, float beta, "
+    "int norm_region) -> Tensor",
+)
+def _lrn_backward_op(
+    grad: Tensor, x: Tensor, y: Tensor, scale: Tensor, local_size: int, alpha: float, beta: float, norm_region: int
+) -> Tensor:
+    """Caffe LRN backward (``CrossChannelBackward_cpu``; for WITHIN the chained sub-layer backward),
+    from ``x``, ``y`` and ``scale = S`` of :func:`_lrn_op`:
+
+        dx = g * S**(-beta) - 2 * beta * c * x * window_sum(g * y / S)
+
+    ``dx`` is in the input dtype, computed in ``S``'s dtype.  ACROSS poisons the window sum like
+    Caffe's running sum, as the forward does.
+    """
+    half, coef, _, dims = _lrn_settings(local_size, alpha, 1.0, norm_region)
+    within = len(dims) == 2
+    dtype = scale.dtype
+    dx = torch.empty_like(x)
+    for rows in batch_slices(x):
+        s, gc = scale[rows], grad[rows].to(dtype)
+        ratio = torch.mul(gc, y[rows].to(dtype)).div_(s)
+        w = _window_sum(ratio, half, dims, out=torch.empty_like(ratio))
+        if not within:
+            _poison_like_running_sum(ratio, w, half)
+        gp = _pow_neg(s, beta, out=ratio).mul_(gc)
+        if dx.dtype == dtype:
+            torch.addcmul(gp, x[rows], w, value=-2.0 * beta * coef, out=dx[rows])
+        else:
+            dx[rows] = gp.addcmul_(x[rows].to(dtype), w, value=-2.0 * beta * coef)
+    return dx
+
+
+@_lrn_backward_op.register_fake
+def _(
+    grad: Tensor, x: Tensor, y: Tensor, scale: Tensor, local_size: int, alpha: float, beta: float, norm_region: int
+) -> Tensor:
+    return torch.empty_like(x)
+
+
+def _lrn_setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
+    """Save ``x``, ``y`` and ``S`` and nothing else (recomputing ``S`` would cost ~20% more time)."""
+    x, local_size, alpha, beta, _, norm_region = inputs
+    y, s_all = output
+    # S is an implementation detail: no gradient flows into it, and autograd need not build a
+    # zero gradient for it (the public function never returns it).
+    ctx.mark_non_differentiable(s_all)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(x, y, s_all)
+    ctx.config = (local_size, alpha, beta, norm_region)
+
+
+def _lrn_autograd_backward(ctx: Any, g: Tensor | None, _g_scale: Tensor | None) -> tuple[Tensor | None, ...]:
+    nones = (None,) * 5
+    if g is None or not ctx.needs_input_grad[0]:
+        return (None, *nones)
+    x, y, s_all = ctx.saved_tensors
+    # A custom op call, not inline math: traced backward graphs (torch.compile, export of a
+    # training graph) keep it as one node and never see the data-dependent poisoning branch.
+    return (torch.ops.caffenorm.lrn_backward(g, x, y, s_all, *ctx.config), *nones)
+
+
+_lrn_op.register_autograd(_lrn_autograd_backward, setup_context=_lrn_setup_context)
 
 
 def lrn(
@@ -178,17 +278,18 @@ def lrn(
     k: float = 1.0,
     norm_region: str | int | NormRegion = NormRegion.ACROSS_CHANNELS,
 ) -> Tensor:
-    """Caffe LRN on a 4-D ``(N, C, H, W)`` tensor.  See :class:`caffenorm.LRN` for the formulas."""
-    local_size = check_local_size(local_size)
+    """Caffe LRN on a 4-D ``(N, C, H, W)`` tensor.  See :class:`caffenorm.LRN` for the formulas.
+
+    Validates the settings and the input's rank and dtype, then calls ``caffenorm::lrn``.
+    """
     region = parse_norm_region(norm_region)
-    alpha = check_real("LRN", "alpha", alpha)
-    beta = check_real("LRN", "beta", beta)
-    k = check_real("LRN", "k", k)
+    # Under torch.compile a module's float attributes may arrive as symbolic values (dynamo makes
+    # them dynamic when a second instance recompiles the same forward), which check_real cannot
+    # test without a graph break; the op's kernel checks the settings again at run time.
+    if not torch.compiler.is_compiling():
+        local_size, alpha, beta, k = _check_settings(local_size, alpha, beta, k)
     check_ndim("LRN", input, (4,), "a 4-D (N, C, H, W) tensor, as Caffe's LRN requires")
     compute_dtype(input)
-    within = region is NormRegion.WITHIN_CHANNEL
-    # Caffe's WITHIN_CHANNEL path is Power -> AVE pooling -> Power(shift=1): k is never used and
-    # the pooling divides by n*n even at borders (the padding counts).
-    coef = alpha / (local_size * local_size) if within else alpha / local_size
-    shift = 1.0 if within else k
-    return _LRNFunction.apply(input, (local_size - 1) // 2, coef, beta, shift, within)
+    # Everything above looks only at Python values, ranks and dtypes, never at tensor data, so it
+    # traces under torch.compile / torch.export; the op returns (y, S), S is for backward.
+    return torch.ops.caffenorm.lrn(input, local_size, alpha, beta, k, int(region))[0]
