@@ -95,3 +95,21 @@ def test_edited_detection_output_and_prior_box_settings_survive(tmp_path):
     assert param["top_k"] == -1 and param["keep_top_k"] == 20 and param["code_type"] == "CENTER_SIZE"
     saved = text_format.Parse((tmp_path / "edited.prototxt").read_text(), schema.NetParameter())
     assert not saved.layer[1].detection_output_param.nms_param.HasField("top_k")
+
+
+def test_an_edited_lrn_k_and_normalize_eps_survive_save_and_load(tmp_path):
+    text = (
+        HEADER
+        + 'layer { name: "norm1" type: "LRN" bottom: "data" top: "norm1" lrn_param { local_size: 3 alpha: 0.5 k: 2 } }\n'
+        + 'layer { name: "l2" type: "Normalize" bottom: "norm1" top: "l2" norm_param { across_spatial: false } }\n'
+    )
+    proto, _ = write_model(tmp_path, text)
+    net = caffenorm.load(proto)
+    net.layer("norm1").k = 3.0
+    net.layer("l2").eps = 1e-3
+    x = torch.randn(2, 4, 9, 8)
+    expected = net(x)["l2"]
+    net.save(tmp_path / "edited.prototxt", tmp_path / "edited.caffemodel")
+    again = caffenorm.load(tmp_path / "edited.prototxt", tmp_path / "edited.caffemodel")
+    assert again.layer("norm1").k == 3.0 and again.layer("l2").eps == pytest.approx(1e-3)
+    assert torch.equal(again(x)["l2"], expected)

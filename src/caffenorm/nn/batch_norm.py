@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from caffenorm._tracing import is_tracing
+from caffenorm._tracing import is_fx_proxy, is_tracing
 from caffenorm.errors import LayerConfigError
 from caffenorm.functional._checks import check_real, compute_dtype
 from caffenorm.functional.batch_norm import batch_norm, global_stats
@@ -116,6 +116,11 @@ class BatchNorm(CaffeLayer):
             self.__dict__["_stats_cache"] = cached
         return cached[2]  # type: ignore[no-any-return]
 
+    def _stats_for(self, input: Tensor) -> tuple[Tensor, Tensor] | None:
+        """The cached statistics for ``input``'s compute dtype (None under torch.fx, where the
+        functional is one opaque node)."""
+        return None if is_fx_proxy(input) else self.global_stats(compute_dtype(input))
+
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Any:
         """Keep the blobs float32 when the module is converted to float16/bfloat16: they are sums
         that overflow float16.  Device moves and float64 conversions apply as usual."""
@@ -138,7 +143,7 @@ class BatchNorm(CaffeLayer):
             use_global,
             self.moving_average_fraction,
             self.eps,
-            stats=self.global_stats(compute_dtype(input)) if use_global else None,
+            stats=self._stats_for(input) if use_global else None,
         )
 
     def caffe_settings(self) -> dict[str, Any]:
@@ -204,7 +209,7 @@ class BatchNormScale(CaffeLayer):
             bn.eps,
             scale.weight,
             scale.bias,
-            stats=bn.global_stats(compute_dtype(input)) if use_global else None,
+            stats=bn._stats_for(input) if use_global else None,
         )
 
     def hooked(self) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -71,6 +73,15 @@ class LRN(CaffeLayer):
 
     def forward(self, input: Tensor) -> Tensor:
         return lrn(input, self.local_size, self.alpha, self.beta, self.k, self.norm_region)
+
+    def caffe_settings(self) -> dict[str, Any]:
+        return {
+            "local_size": self.local_size,
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "k": self.k,
+            "norm_region": NormRegion(self.norm_region).name,
+        }
 
     def extra_repr(self) -> str:
         return (

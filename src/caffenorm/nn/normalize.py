@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -80,6 +82,9 @@ class Normalize(CaffeLayer):
 
     def forward(self, input: Tensor) -> Tensor:
         return normalize(input, self.weight, self.across_spatial, self.eps, self.caffe_backward)
+
+    def caffe_settings(self) -> dict[str, Any]:
+        return {"across_spatial": self.across_spatial, "channel_shared": self.channel_shared, "eps": self.eps}
 
     def extra_repr(self) -> str:
         return (
