@@ -84,3 +84,24 @@ def test_open_nsfw_saved_by_caffenorm_loads_in_opencv_and_caffenorm(nsfw_net, tm
     cv_net = cv2.dnn.readNetFromCaffe(str(proto), str(model))
     cv_net.setInput(x)
     np.testing.assert_allclose(cv_net.forward("prob").reshape(before.shape), before, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float16, 1e-2), (torch.bfloat16, 2e-2)])
+def test_res10_in_half_precision_finds_the_same_face(dtype, tolerance):
+    """res10's BatchNorm sums (the first variance sum is 3.6e6) overflow float16; they stay float32
+    under net.half() / net.to(bfloat16), so the half-precision detector finds the float32 face."""
+    import zoo
+
+    files, photo = zoo.REAL["res10"]
+    x = torch.from_numpy(photo())
+    net = caffenorm.load(*files())
+    with torch.no_grad():
+        full = net(x)["detection_out"].reshape(-1, 7)
+        half_net = net.to(dtype)
+        half = half_net(x.to(dtype))["detection_out"].reshape(-1, 7).float()
+    assert half_net.params["data_bn"][1].dtype == torch.float32
+    assert float(half_net.params["data_bn"][1].max()) > 65504  # beyond float16's range
+    faces, half_faces = full[full[:, 2] > 0.5], half[half[:, 2] > 0.5]
+    assert len(faces) == 1 and len(half_faces) == 1  # the astronaut's face, and nothing else
+    torch.testing.assert_close(half_faces[:, :3], faces[:, :3], rtol=0, atol=tolerance)
+    torch.testing.assert_close(half_faces[:, 3:], faces[:, 3:], rtol=0, atol=tolerance)

@@ -325,7 +325,9 @@ class Net(nn.Module):
         warn that the trace may not generalise.  What does not generalise is said once instead:
         sizes other than the batch are fixed at the example's (the pooling and convolution
         geometry is computed from them); the batch size stays free."""
-        shapes = {name: tuple(t.shape) for name, t in feeds.items()}
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            shapes = {name: tuple(int(d) for d in t.shape) for name, t in feeds.items()}
         warnings.warn(
             f"torch.jit.trace of a caffenorm Net: the traced module accepts any batch size; its inputs' other "
             f"dimensions are fixed at the example's {shapes}",
