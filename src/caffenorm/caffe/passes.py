@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from caffenorm.caffe.graph import Graph, Node
 from caffenorm.caffe.layers.conv import Convolution, Deconvolution
 from caffenorm.caffe.layers.inner_product import InnerProduct
-from caffenorm.errors import NetDefinitionError
+from caffenorm.errors import CaffeNormError, NetDefinitionError
 from caffenorm.nn import BatchNorm, BatchNormScale, Bias, Scale
 from caffenorm.nn._base import CaffeLayer
 
@@ -199,7 +199,10 @@ def _fold_once(graph: Graph, removed: dict[str, str]) -> Graph | None:
         follower = graph.nodes[j]
         if len(follower.bottoms) != 1 or len(follower.tops) != 1:
             continue
-        affine = _affine(follower.module, channels, follower.name)
+        try:
+            affine = _affine(follower.module, channels, follower.name)
+        except CaffeNormError as err:
+            raise err.at(follower.layers()[0].location) from None
         if affine is None:
             continue
         a, c = affine

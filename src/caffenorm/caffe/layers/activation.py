@@ -203,10 +203,15 @@ class Power(_Neuron):
         self.power = check_real("Power", "power", power)
         self.scale = check_real("Power", "scale", scale)
         self.shift = check_real("Power", "shift", shift)
-        self._constant: float | None = None
-        if self.power * self.scale == 0:
-            with np.errstate(all="ignore"):
-                self._constant = 1.0 if self.power == 0 else float(np.float32(self.shift) ** np.float32(self.power))
+
+    @property
+    def _constant(self) -> float | None:
+        """The output when the input is ignored (power or scale 0), else None.  Derived from the
+        settings at each call, so an edited setting takes effect."""
+        if self.power * self.scale != 0:
+            return None
+        with np.errstate(all="ignore"):
+            return 1.0 if self.power == 0 else float(np.float32(self.shift) ** np.float32(self.power))
 
     def forward(self, x: Tensor) -> Tensor:
         if self._constant is not None:
@@ -244,7 +249,11 @@ class Dropout(_Neuron):
                 "(Caffe scales the kept values by 1 / (1 - dropout_ratio))"
             )
         self.dropout_ratio = ratio
-        self.scale = _f32(1.0 / (1.0 - _f32(ratio)))
+
+    @property
+    def scale(self) -> float:
+        """``1 / (1 - dropout_ratio)`` in float32, as Caffe's ``scale_`` (follows an edited ratio)."""
+        return _f32(1.0 / (1.0 - _f32(self.dropout_ratio)))
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
@@ -300,15 +309,22 @@ class Exp(_Neuron):
     def __init__(self, base: float = -1.0, scale: float = 1.0, shift: float = 0.0) -> None:
         super().__init__()
         self.base, self.scale, self.shift = _exp_log_settings("Exp", base, scale, shift)
-        natural = self.base == -1
-        log_base = 1.0 if natural else _f32(math.log(self.base))
-        self.inner_scale = _f32(log_base * self.scale)
+
+    @property
+    def inner_scale(self) -> float:
+        """``log(base) * scale`` in float32 (derived at each call: edits take effect)."""
+        log_base = 1.0 if self.base == -1 else _f32(math.log(self.base))
+        return _f32(log_base * self.scale)
+
+    @property
+    def outer_scale(self) -> float:
+        """``base ** shift`` in float32 (1 when ``shift`` is 0, as Caffe skips it)."""
         if self.shift == 0:
-            self.outer_scale = 1.0
-        else:
-            with np.errstate(all="ignore"):
-                outer = np.exp(np.float32(self.shift)) if natural else np.float32(self.base) ** np.float32(self.shift)
-            self.outer_scale = float(outer)
+            return 1.0
+        with np.errstate(all="ignore"):
+            if self.base == -1:
+                return float(np.exp(np.float32(self.shift)))
+            return float(np.float32(self.base) ** np.float32(self.shift))
 
     def forward(self, x: Tensor) -> Tensor:
         y = torch.exp(x if self.inner_scale == 1 else x * self.inner_scale)
@@ -334,7 +350,11 @@ class Log(_Neuron):
             raise LayerConfigError(
                 "Log: base=1 is not allowed (1 / log(1) is infinite); use base > 0, != 1, or -1 for e"
             )
-        self.base_scale = 1.0 if self.base == -1 else _f32(1.0 / _f32(math.log(self.base)))
+
+    @property
+    def base_scale(self) -> float:
+        """``1 / log(base)`` in float32 (derived at each call: edits take effect)."""
+        return 1.0 if self.base == -1 else _f32(1.0 / _f32(math.log(self.base)))
 
     def forward(self, x: Tensor) -> Tensor:
         y = x
@@ -389,8 +409,11 @@ class Clip(_Neuron):
         super().__init__()
         self.min = _not_nan("Clip", "min", min)
         self.max = _not_nan("Clip", "max", max)
-        # std::max(min, max) when x is above max: max, unless min is the larger bound.
-        self._above = self.max if self.min < self.max else self.min
+
+    @property
+    def _above(self) -> float:
+        """``std::max(min, max)``: the output above ``max`` (``min`` when it is the larger bound)."""
+        return self.max if self.min < self.max else self.min
 
     def forward(self, x: Tensor) -> Tensor:
         inside = (x >= self.min) & (x <= self.max)
