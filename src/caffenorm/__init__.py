@@ -1,6 +1,8 @@
 """caffenorm: Caffe's normalization layers, exactly as Caffe computes them, in PyTorch."""
 
 from caffenorm import functional
+from caffenorm.caffe.graph import Graph, Node
+from caffenorm.caffe.net import Net, load
 from caffenorm.errors import (
     BlobError,
     CaffemodelError,
@@ -15,11 +17,9 @@ from caffenorm.errors import (
     UnsupportedLayerError,
 )
 from caffenorm.functional.lrn import NormRegion
-from caffenorm.caffe.graph import Graph, Node
-from caffenorm.caffe.net import Net, load
+from caffenorm.nn import LRN, BatchNorm, BatchNormScale, Bias, CaffeLayer, Normalize, Scale
 from caffenorm.precision import full_float32
 from caffenorm.transform import Transform, load_image, transform_batch, transform_image
-from caffenorm.nn import LRN, BatchNorm, BatchNormScale, Bias, CaffeLayer, Normalize, Scale
 
 __version__ = "0.1.0"
 

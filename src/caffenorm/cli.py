@@ -75,6 +75,13 @@ def _load(args: argparse.Namespace, proto: Path, weights: Path | None) -> Any:
     )
 
 
+def _shape_text(shape: Sequence[int | None] | None) -> str:
+    """``1x3x300x300``; ``?`` for what is only known at run time (DetectionOutput's rows)."""
+    if shape is None:
+        return "?"
+    return "x".join("?" if d is None else str(d) for d in shape)
+
+
 def _count(blobs: Sequence[Any]) -> int:
     return sum(int(b.numel()) for b in blobs)
 
@@ -88,8 +95,8 @@ def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from caffenorm.caffe.net import read_net
     from caffenorm.caffe.layers import supported_layers
+    from caffenorm.caffe.net import read_net
 
     proto, weights = _model_args(args)
     _, specs = read_net(proto, args.phase)
@@ -106,7 +113,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     net = _load(args, proto, weights)
     rows = []
     for i, spec in enumerate(net.layer_specs):
-        shapes = ", ".join("x".join(map(str, net.blob_shapes[t])) if net.blob_shapes.get(t) else "?" for t in spec.tops)
+        shapes = ", ".join(_shape_text(net.blob_shapes.get(t)) for t in spec.tops)
         params = _count(net.layer(spec.name).caffe_blobs())
         rows.append([str(i), spec.name, spec.type, f"{','.join(spec.bottoms)} -> {','.join(spec.tops)}", shapes,
                      f"{params:,}" if params else ""])

@@ -242,8 +242,9 @@ class Net(nn.Module):
         listed in ``unused_weights`` and warned about.
         """
         fills = getattr(self, "_deferred_fills", None)
+        generator = getattr(self, "_generator", None)
         self.unused_weights = load_weights(
-            self._graph, path, strict=strict, progress=progress, fills=fills, generator=getattr(self, "_generator", None)
+            self._graph, path, strict=strict, progress=progress, fills=fills, generator=generator
         )
         self._deferred_fills = {}
 

@@ -26,7 +26,7 @@ from google.protobuf.message import DecodeError, Message
 
 from caffenorm.caffe import schema
 from caffenorm.caffe.io import blob_to_array
-from caffenorm.errors import LayerConfigError, ModelFileError, UnsupportedLayerError
+from caffenorm.errors import LayerConfigError, Location, ModelFileError, UnsupportedLayerError
 from caffenorm.transform import Phase, Transform
 
 __all__ = ["read_mean_file", "resolve_mean_file", "transform_from_param"]
@@ -181,5 +181,5 @@ def transform_from_param(param: Message, source: str, *, phase: Phase = "test") 
             phase=phase,
         )
     except LayerConfigError as err:
-        # Same error, now naming the prototxt it came from.
-        raise LayerConfigError(f"{source}: transform_param: {err.message.removeprefix('Transform: ')}") from None
+        message = f"transform_param: {err.message.removeprefix('Transform: ')}"
+        raise LayerConfigError(message, location=Location(str(source))) from None

@@ -198,7 +198,9 @@ def _lrn_op(
 
 
 @_lrn_op.register_fake
-def _(x: Tensor, local_size: int, alpha: float, beta: float, k: float, norm_region: int) -> tuple[Tensor, Tensor]:
+def _lrn_fake(
+    x: Tensor, local_size: int, alpha: float, beta: float, k: float, norm_region: int
+) -> tuple[Tensor, Tensor]:
     # Same allocations as the real kernel, so shapes, dtypes, devices and strides all agree.
     return torch.empty_like(x), torch.empty(x.shape, dtype=compute_dtype(x), device=x.device)
 
@@ -239,7 +241,7 @@ def _lrn_backward_op(
 
 
 @_lrn_backward_op.register_fake
-def _(
+def _lrn_backward_fake(
     grad: Tensor, x: Tensor, y: Tensor, scale: Tensor, local_size: int, alpha: float, beta: float, norm_region: int
 ) -> Tensor:
     return torch.empty_like(x)

@@ -83,7 +83,9 @@ def _normalize_op(
 
 
 @_normalize_op.register_fake
-def _(x: Tensor, scale: Tensor, across_spatial: bool, eps: float, caffe_backward: bool) -> tuple[Tensor, Tensor]:
+def _normalize_fake(
+    x: Tensor, scale: Tensor, across_spatial: bool, eps: float, caffe_backward: bool
+) -> tuple[Tensor, Tensor]:
     # Same allocations as the real kernel (strides included: empty_like of the (N, C, L) view).
     y = torch.empty_like(x.reshape(x.shape[0], x.shape[1], -1)).view(x.shape)
     return y, x.new_empty(_norm_shape(x, across_spatial), dtype=compute_dtype(x))
@@ -157,7 +159,7 @@ def _normalize_backward_op(
 
 
 @_normalize_backward_op.register_fake
-def _(
+def _normalize_backward_fake(
     grad: Tensor,
     x: Tensor,
     scale: Tensor,

@@ -593,4 +593,5 @@ _PARAM_FIELDS: dict[type, str] = {
 @register_writer(*_PARAM_FIELDS)
 def write_activation(module: CaffeLayer, layer: Any) -> None:
     """The module's settings into its ``*_param`` (Clip's required ``min``/``max`` always written)."""
-    write_fields(getattr(layer, _PARAM_FIELDS[type(module)]), module.caffe_settings(), keep_defaults=isinstance(module, Clip))
+    param = getattr(layer, _PARAM_FIELDS[type(module)])
+    write_fields(param, module.caffe_settings(), keep_defaults=isinstance(module, Clip))

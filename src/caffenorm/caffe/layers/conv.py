@@ -341,8 +341,7 @@ def _build(layer: LayerSpec, ctx: BuildContext, cls: type[_ConvBase]) -> _ConvBa
     try:
         r = resolve_convolution_param(p, 2, in_channels=shape[1], layer_type=layer.type)
     except CaffeNormError as err:
-        # Re-raise with the layer's location; the resolver's own prefix is the bare type.
-        raise ctx.error(str(err).removeprefix(f"{layer.type}: "), type(err)) from None
+        raise err.at(layer.location) from None
     num_output, group, channels = r["num_output"], r["group"], shape[1]
     if cls.transposed:
         weight_shape = (channels, num_output // group, *r["kernel_size"])

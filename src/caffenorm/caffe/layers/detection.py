@@ -20,6 +20,7 @@ from typing import Any
 
 from torch import Tensor
 
+from caffenorm.caffe.layers._fields import write_pair
 from caffenorm.caffe.ops.detection import (
     _check_detection_settings,
     _code_name,
@@ -30,7 +31,6 @@ from caffenorm.caffe.ops.detection import (
     prior_box_op,
     prior_box_sizes,
 )
-from caffenorm.caffe.layers._fields import write_pair
 from caffenorm.caffe.registry import BuildContext, register_layer, register_writer, write_fields
 from caffenorm.caffe.spec import LayerSpec
 from caffenorm.errors import LayerConfigError

@@ -10,8 +10,8 @@ from typing import Any
 from caffenorm.caffe.registry import BuildContext, register_layer, register_writer
 from caffenorm.caffe.spec import LayerSpec
 from caffenorm.caffe.transform_param import transform_from_param
-from caffenorm.transform import Transform
 from caffenorm.nn._base import CaffeLayer
+from caffenorm.transform import Transform
 
 __all__ = ["InputLayer", "convert_data", "convert_input", "convert_memory_data", "write_input"]
 

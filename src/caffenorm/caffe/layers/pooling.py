@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from caffenorm.caffe.ops.pooling import _FLT_MAX, IntPair, _pair, caffe_pool2d, pooled_size
 from caffenorm.caffe.layers._fields import enum_name, has, where, write_pair
+from caffenorm.caffe.ops.pooling import _FLT_MAX, IntPair, _pair, caffe_pool2d, pooled_size
 from caffenorm.caffe.registry import BuildContext, register_layer, register_writer, write_fields
 from caffenorm.caffe.spec import LayerSpec
 from caffenorm.errors import CaffeNormError, InputShapeError, LayerConfigError, UnsupportedLayerError
@@ -254,7 +254,7 @@ def convert_pooling(layer: LayerSpec, ctx: BuildContext) -> Pooling:
     try:
         r: dict[str, Any] = resolve_pooling_param(p, input_hw)  # type: ignore[arg-type]
     except CaffeNormError as err:
-        raise ctx.error(str(err).removeprefix("Pooling: "), type(err)) from None
+        raise err.at(layer.location) from None
     if r["method"] == "STOCHASTIC":
         raise ctx.error(
             "pool: STOCHASTIC is not supported; Caffe's CPU Pooling does not implement it (NOT_IMPLEMENTED) and "
