@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from reference import caffe_ref as ref
 
 import caffenorm
 from caffenorm.nn.batch_norm import global_stats
 from caffenorm.precision import full_float32
+from reference import caffe_ref as ref
 
 
 def _big_sums_bn(channels: int = 3) -> caffenorm.BatchNorm:
