@@ -105,9 +105,42 @@ def test_eval_batch_norm_derives_its_statistics_once_per_change(monkeypatch):
     bn.load_caffe_blobs([b.numpy() for b in _big_sums_bn().caffe_blobs()])
     torch.testing.assert_close(bn(x), first)
     assert len(calls) == 3
-    bn.mean_sum = bn.mean_sum.clone()  # a replaced blob is seen too
+    bn.mean_sum = bn.mean_sum.clone()  # a replaced blob with the same contents: same statistics
+    bn(x)
+    assert len(calls) == 3
+    bn.mean_sum = bn.mean_sum * 2  # a replaced blob with other contents is seen
     bn(x)
     assert len(calls) == 4
+
+
+@pytest.mark.parametrize("write", ["data", "numpy", "state_dict"])
+def test_writes_that_bypass_the_version_counter_are_seen(write):
+    """pycaffe's idiom (``blob.data[...] = v``), a numpy view and load_state_dict all reach the
+    statistics: the cache is keyed on the blobs' contents, not on version counters."""
+    bn = _big_sums_bn()
+    x = torch.randn(2, 3, 4, 5) * 50 + 100
+    before = bn(x)
+    if write == "data":
+        bn.mean_sum.data[...] = 0.0
+    elif write == "numpy":
+        bn.var_sum.numpy()[:] = 1.0
+    else:
+        state = {k: v.clone() for k, v in bn.state_dict().items()}
+        state["scale_factor"].fill_(1.0)
+        bn.load_state_dict(state)
+    fresh = caffenorm.BatchNorm(3).eval()
+    fresh.load_caffe_blobs([b.numpy() for b in bn.caffe_blobs()])
+    after = bn(x)
+    assert not torch.equal(after, before)
+    torch.testing.assert_close(after, fresh(x), rtol=0, atol=0)
+
+
+def test_a_net_built_in_inference_mode_runs():
+    bn = None
+    with torch.inference_mode():
+        bn = _big_sums_bn()
+        y = bn(torch.randn(2, 3, 4, 5))
+    assert torch.isfinite(y).all()
 
 
 def test_traced_batch_norm_reads_its_blobs_not_a_cached_copy():
@@ -120,40 +153,47 @@ def test_traced_batch_norm_reads_its_blobs_not_a_cached_copy():
     torch.testing.assert_close(traced(x), bn(x))
 
 
-def test_full_float32_switches_tf32_off_and_restores():
-    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.allow_tf32 = True
-    torch.backends.cuda.matmul.allow_tf32 = True
+def _tf32_state() -> tuple[str, str]:
+    """(cuDNN convolutions, matrix products) TF32 settings as torch 2.13 reports them."""
+    return torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+
+
+def test_full_float32_switches_tf32_off_and_restores_exactly():
+    before = _tf32_state()
     try:
+        torch.set_float32_matmul_precision("medium")  # a setting the legacy flags cannot express
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+        outside = _tf32_state()
         with full_float32():
-            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
-        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+            assert _tf32_state() == ("ieee", "ieee")
+        assert _tf32_state() == outside and torch.get_float32_matmul_precision() == "medium"
         with pytest.raises(RuntimeError), full_float32():
             raise RuntimeError("boom")
-        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        assert _tf32_state() == outside
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+        torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = before
 
 
-@pytest.mark.parametrize("precision, tf32_inside", [("highest", False), ("tf32", True)])
-def test_net_on_cuda_runs_its_convolutions_without_tf32(monkeypatch, tmp_path, precision, tf32_inside):
+@pytest.mark.parametrize("precision, conv_inside", [("highest", "ieee"), ("tf32", "tf32")])
+def test_net_on_cuda_runs_its_convolutions_without_tf32(monkeypatch, tmp_path, precision, conv_inside):
     proto = tmp_path / "conv.prototxt"
     proto.write_text(
         'input: "data" input_shape { dim: 1 dim: 2 dim: 3 dim: 3 }\n'
-        'layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param { num_output: 2 kernel_size: 1 } }\n'
+        'layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"\n'
+        "  convolution_param { num_output: 2 kernel_size: 1 } }\n"
     )
     net = caffenorm.load(proto, precision=precision)
     seen = []
-    net.layer("conv").register_forward_pre_hook(lambda *_: seen.append(torch.backends.cudnn.allow_tf32))
+    net.layer("conv").register_forward_pre_hook(lambda *_: seen.append(torch.backends.cudnn.conv.fp32_precision))
     monkeypatch.setattr(caffenorm.Net, "_on_cuda", staticmethod(lambda feeds: True))  # as if the input were on CUDA
-    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.allow_tf32 = True
+    before = _tf32_state()
+    torch.backends.cudnn.conv.fp32_precision = "tf32"
     try:
         net(torch.randn(1, 2, 3, 3))
-        assert seen == [tf32_inside]
-        assert torch.backends.cudnn.allow_tf32  # the user's setting is left as it was
+        assert seen == [conv_inside]
+        assert torch.backends.cudnn.conv.fp32_precision == "tf32"  # the user's setting is left as it was
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+        torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = before
 
 
 def test_precision_is_checked(tmp_path):

@@ -35,15 +35,36 @@ def check_precision(precision: str) -> str:
     return precision
 
 
+def _new_api() -> bool:
+    """torch >= 2.9 sets TF32 per backend with ``fp32_precision`` strings; mixing them with the
+    legacy ``allow_tf32`` flags is an error there, so the new API is used where it exists."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    return hasattr(conv, "fp32_precision") and hasattr(torch.backends.cuda.matmul, "fp32_precision")
+
+
 @contextmanager
 def full_float32() -> Iterator[None]:
     """Within the block, CUDA convolutions (cuDNN) and matrix products run in full float32 (no
-    TF32); the previous settings are restored afterwards, also on error."""
-    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    TF32); the previous settings are restored exactly afterwards, also on error.
+
+    The settings are process-wide (PyTorch has no per-call or per-thread switch): other threads
+    running CUDA code at the same time see them too.  Backward passes run when ``backward()`` is
+    called, outside ``Net.forward``: for gradients without TF32, call it inside the block.
+    """
+    if _new_api():
+        conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+        saved = (conv.fp32_precision, matmul.fp32_precision)
+        conv.fp32_precision = "ieee"
+        matmul.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            conv.fp32_precision, matmul.fp32_precision = saved
+        return
+    legacy = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
         yield
     finally:
-        torch.backends.cudnn.allow_tf32 = cudnn
-        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = legacy

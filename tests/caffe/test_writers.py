@@ -113,3 +113,32 @@ def test_an_edited_lrn_k_and_normalize_eps_survive_save_and_load(tmp_path):
     again = caffenorm.load(tmp_path / "edited.prototxt", tmp_path / "edited.caffemodel")
     assert again.layer("norm1").k == 3.0 and again.layer("l2").eps == pytest.approx(1e-3)
     assert torch.equal(again(x)["l2"], expected)
+
+
+def test_an_input_shapes_override_is_what_the_saved_input_declares(tmp_path):
+    """The layers were built for the override (InnerProduct's K): the saved Input layer declares
+    it, so the saved pair loads."""
+    text = (
+        'input: "data" input_shape { dim: 1 dim: 2 dim: 4 dim: 4 }\n'
+        'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 3 } }\n'
+    )
+    proto, _ = write_model(tmp_path, text)
+    net = caffenorm.load(proto, input_shapes={"data": (1, 2, 8, 8)})
+    net.save(tmp_path / "out.prototxt", tmp_path / "out.caffemodel")
+    again = caffenorm.load(tmp_path / "out.prototxt", tmp_path / "out.caffemodel")
+    assert again.input_shapes == {"data": (1, 2, 8, 8)}
+    x = torch.randn(1, 2, 8, 8)
+    assert torch.equal(again(x)["ip"], net(x)["ip"])
+
+
+def test_file_level_errors_carry_their_file_as_a_location(tmp_path):
+    proto = tmp_path / "only_train.prototxt"
+    proto.write_text('layer { name: "d" type: "Input" top: "d" include { phase: TRAIN } }\n')
+    with pytest.raises(caffenorm.NetDefinitionError, match="no layers for phase TEST") as info:
+        caffenorm.load(proto)
+    assert info.value.location.file == str(proto)
+    binary = tmp_path / "binary.prototxt"
+    binary.write_bytes(b"\xff\xfe\x00\x81")
+    with pytest.raises(caffenorm.PrototxtSyntaxError, match="is not text") as info:
+        caffenorm.load(binary)
+    assert info.value.location.file == str(binary)

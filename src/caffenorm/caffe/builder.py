@@ -24,7 +24,7 @@ from caffenorm.caffe.layers.input import InputLayer
 from caffenorm.caffe.registry import BuildContext, get_converter
 from caffenorm.caffe.spec import LayerSpec, layer_specs, parse_phase
 from caffenorm.caffe.upgrade import upgrade_net
-from caffenorm.errors import CaffeNormError, NetDefinitionError
+from caffenorm.errors import CaffeNormError, Location, NetDefinitionError
 from caffenorm.nn._base import CaffeLayer, Shape
 
 __all__ = ["Built", "build_graph", "read_net"]
@@ -48,7 +48,7 @@ def read_net(
     all_stages = [*net_param.state.stage, *stages]
     specs = layer_specs(net_param, lines, str(path), phase, level, all_stages)
     if not specs:
-        raise NetDefinitionError(f"{path}: no layers for phase {parse_phase(phase)}")
+        raise NetDefinitionError(f"no layers for phase {parse_phase(phase)}", location=Location(str(path)))
     return net_param, specs
 
 
@@ -166,6 +166,8 @@ def build_graph(
                 if shape is not None:
                     ctx.check_elements(shape, f"input {top!r}")
                 tops.append(shape)
+            # The layers are built for these shapes: an Input layer saved later must declare them.
+            module.shapes = list(tops)
         else:
             tops = _top_shapes(spec, module, bottom_shapes)
             for top, shape in zip(spec.tops, tops):
@@ -194,7 +196,8 @@ def build_graph(
     if overrides:
         inputs = [top for n in nodes if n.is_input for top in n.tops]
         raise NetDefinitionError(
-            f"{source}: input_shapes names {sorted(overrides)}, which are not inputs of this net; inputs: {inputs}"
+            f"input_shapes names {sorted(overrides)}, which are not inputs of this net; inputs: {inputs}",
+            location=Location(source),
         )
     definition = type(net_param)()
     definition.CopyFrom(net_param)

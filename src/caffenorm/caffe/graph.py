@@ -92,6 +92,7 @@ class Graph:
         object.__setattr__(self, "nodes", tuple(self.nodes))
         object.__setattr__(self, "removed", dict(self.removed))
         object.__setattr__(self, "_wiring", self._wire())
+        object.__setattr__(self, "_outputs", self._find_outputs())
 
     # -- wiring -------------------------------------------------------------------------------------
 
@@ -132,7 +133,7 @@ class Graph:
     def is_output(self, node: int, top: int) -> bool:
         """Whether that value is one the net returns."""
         name = self.nodes[node].tops[top]
-        return name in self.outputs and self._wiring[2][name] == (node, top)  # type: ignore[attr-defined]
+        return name in self._outputs and self._wiring[2][name] == (node, top)  # type: ignore[attr-defined]
 
     # -- views --------------------------------------------------------------------------------------
 
@@ -171,13 +172,16 @@ class Graph:
     @property
     def outputs(self) -> list[str]:
         """Caffe's rule: the blobs produced (or fed) and not consumed by any later layer."""
+        return list(self._outputs)  # type: ignore[attr-defined]
+
+    def _find_outputs(self) -> tuple[str, ...]:
         available: dict[str, None] = {}
         for node in self.nodes:
             for bottom in node.bottoms:
                 available.pop(bottom, None)
             for top in node.tops:
                 available[top] = None
-        return list(available)
+        return tuple(available)
 
     @property
     def shapes(self) -> dict[str, Shape | None]:

@@ -102,7 +102,7 @@ def read_prototxt(path: PathLike) -> tuple[Message, list[int | None]]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise PrototxtSyntaxError(
-            f"{path}: is not text (is it a binary .caffemodel given as the prototxt?)"
+            "is not text (is it a binary .caffemodel given as the prototxt?)", location=Location(str(path))
         ) from None
     return parse_prototxt(text, str(path))
 

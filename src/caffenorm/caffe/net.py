@@ -49,7 +49,6 @@ class _Step:
     bottoms: tuple[str, ...]
     tops: tuple[str, ...]
     location: Location
-    fx_targets: tuple[str, ...]  # module paths for torch.fx (the parts of a fused node)
 
 
 class Net(nn.Module):
@@ -81,6 +80,7 @@ class Net(nn.Module):
         self.layers = nn.ModuleDict()
         self._set_graph(graph)
         self.train(graph.phase == "TRAIN")
+        self.register_load_state_dict_post_hook(_track_dtype_after_load)
 
     # -- the graph ----------------------------------------------------------------------------------
 
@@ -96,13 +96,13 @@ class Net(nn.Module):
         self._plan = [self._step(node) for node in graph.nodes if not node.is_input]
         self._record_plan = [self._step(part) for node in graph.nodes if not node.is_input for part in node.layers()]
         self._outputs = graph.outputs
+        self._inputs = graph.inputs
         # A net without floating tensors (only Eltwise, Reshape, ...) takes any floating dtype.
         self._typed = any(t.is_floating_point() for t in (*self.parameters(), *self.buffers()))
 
     @staticmethod
     def _step(node: Node) -> _Step:
-        targets = tuple(f"layers.{module_key(p.name)}" for p in node.layers())
-        return _Step(node.name, node.module, node.bottoms, node.tops, node.location, targets)
+        return _Step(node.name, node.module, node.bottoms, node.tops, node.location)
 
     def apply_pass(self, graph_pass: Callable[[Graph], Graph]) -> Net:
         """Replace the net's graph by ``graph_pass(net.graph)`` (a function from graph to graph)."""
@@ -314,11 +314,14 @@ class Net(nn.Module):
             return self._run(plan, feeds, record, at)
         except CaffeNormError as err:
             raise err.at(at[0].location if at else None) from None
+        except torch.OutOfMemoryError:
+            raise  # not a problem of the input: torch's own error, untouched
         except (RuntimeError, ValueError, IndexError, TypeError) as err:
             if not at:
                 raise
             step, args = at
             shapes = [tuple(a.shape) for a in args]
+            # The original stays reachable as __context__ (for a bug in a hook), not printed.
             raise InputShapeError(f"cannot run on bottoms of shapes {shapes}: {err}", location=step.location) from None
 
     def _trace_jit(self, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -345,21 +348,18 @@ class Net(nn.Module):
         its own (checked, exact) forward."""
         tracer = next(v for v in feeds.values() if is_fx_proxy(v)).tracer
         blobs: dict[str, Any] = dict(feeds)
-        for node in self._graph.nodes:
-            if node.is_input:
-                continue
-            for part in node.layers():
-                args = tuple(blobs[b] for b in part.bottoms)
-                out = tracer.create_proxy("call_module", f"layers.{module_key(part.name)}", args, {})
-                if len(part.tops) == 1:
-                    blobs[part.tops[0]] = out
-                else:
-                    for i, top in enumerate(part.tops):
-                        blobs[top] = out[i]
+        for step in self._record_plan:  # a fused pair as its two layers: each has a module path
+            args = tuple(blobs[b] for b in step.bottoms)
+            out = tracer.create_proxy("call_module", f"layers.{module_key(step.name)}", args, {})
+            if len(step.tops) == 1:
+                blobs[step.tops[0]] = out
+            else:
+                for i, top in enumerate(step.tops):
+                    blobs[top] = out[i]
         return {name: blobs[name] for name in self._outputs}
 
     def _feeds(self, input: Any, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        names = self._graph.inputs
+        names = self._inputs
         if is_fx_proxy(input) or is_fx_proxy(inputs):
             # torch.fx.symbolic_trace: the traced module takes a one-input net's input
             # positionally and several inputs by name, as the net itself does.
@@ -396,6 +396,15 @@ class Net(nn.Module):
 
     def extra_repr(self) -> str:
         return f"phase={self.phase}, inputs={self.inputs}, outputs={self.outputs}, precision={self.precision!r}"
+
+
+def _track_dtype_after_load(net: nn.Module, incompatible_keys: Any) -> None:
+    """After ``load_state_dict`` (``assign=True`` can change the net's dtype), the net computes in
+    its parameters' dtype."""
+    for p in net.parameters():
+        if p.is_floating_point():
+            net._dtype = p.dtype  # type: ignore[assignment]
+            return
 
 
 def load(

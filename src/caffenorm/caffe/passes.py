@@ -114,7 +114,7 @@ def _affine(module: CaffeLayer, channels: int, name: str) -> tuple[Tensor, Tenso
         from_input = module.scale_from_input if isinstance(module, Scale) else module.bias_from_input
         if from_input or module.shape not in ((), (channels,)) or (module.shape and module.axis not in (1,)):
             return None
-        ones = torch.ones(channels, dtype=torch.float64)
+        ones = torch.ones(channels, dtype=torch.float64, device=module.caffe_blobs()[0].device)
         if isinstance(module, Scale):
             a = module.weight.detach().double().expand(channels).clone()
             c = ones * 0.0 if module.bias is None else module.bias.detach().double().expand(channels).clone()
@@ -143,7 +143,11 @@ def _fold_into(producer: CaffeLayer, a: Tensor, c: Tensor) -> CaffeLayer:
     weight = folded.weight
     dtype = weight.dtype
     w = weight.detach().double()
-    bias = folded.bias.detach().double() if folded.bias is not None else torch.zeros(a.numel(), dtype=torch.float64)
+    if folded.bias is not None:
+        bias = folded.bias.detach().double()
+    else:
+        bias = torch.zeros(a.numel(), dtype=torch.float64, device=weight.device)
+    a, c = a.to(weight.device), c.to(weight.device)
     if isinstance(folded, Deconvolution):
         g = folded.group
         shape = w.shape
@@ -180,24 +184,33 @@ def fold_batch_norm(graph: Graph) -> Graph:
     """
     removed: dict[str, str] = {}
     while True:
-        folded = _fold_once(graph, removed)
-        if folded is None:
+        folds = _foldable_pairs(graph)
+        if not folds:
             break
-        graph = folded
+        replaced = {i: new for i, _, new in folds}
+        dropped = {j for _, j, _ in folds}
+        for i, j, _ in folds:
+            for part in graph.nodes[j].layers():
+                removed[part.name] = f"folded into {graph.nodes[i].name!r}"
+        graph = graph.replace([replaced.get(k, n) for k, n in enumerate(graph.nodes) if k not in dropped])
     return graph.replace(graph.nodes, removed) if removed else graph
 
 
-def _fold_once(graph: Graph, removed: dict[str, str]) -> Graph | None:
+def _foldable_pairs(graph: Graph) -> list[tuple[int, int, Node]]:
+    """Every (producer, follower, folded producer) of the graph that can fold now, each node in
+    one pair at most (a chain Convolution -> BatchNorm -> Scale folds over two rounds)."""
+    pairs: list[tuple[int, int, Node]] = []
+    used: set[int] = set()
     for i, node in enumerate(graph.nodes):
         channels = _output_channels(node)
-        if channels is None or len(node.tops) != 1 or graph.is_output(i, 0):
+        if i in used or channels is None or len(node.tops) != 1 or graph.is_output(i, 0):
             continue
         readers = graph.consumers(i, 0)
         if len(readers) != 1:
             continue
         j, _ = readers[0]
         follower = graph.nodes[j]
-        if len(follower.bottoms) != 1 or len(follower.tops) != 1:
+        if j in used or len(follower.bottoms) != 1 or len(follower.tops) != 1:
             continue
         try:
             affine = _affine(follower.module, channels, follower.name)
@@ -208,11 +221,7 @@ def _fold_once(graph: Graph, removed: dict[str, str]) -> Graph | None:
         a, c = affine
         if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(c).all())) or math.prod(a.shape) != channels:
             continue
-        new = node.replace(
-            module=_fold_into(node.module, a, c), tops=follower.tops, top_shapes=follower.top_shapes
-        )
-        for part in follower.layers():
-            removed[part.name] = f"folded into {node.name!r}"
-        nodes = [new if k == i else n for k, n in enumerate(graph.nodes) if k != j]
-        return graph.replace(nodes)
-    return None
+        new = node.replace(module=_fold_into(node.module, a, c), tops=follower.tops, top_shapes=follower.top_shapes)
+        pairs.append((i, j, new))
+        used.update((i, j))
+    return pairs

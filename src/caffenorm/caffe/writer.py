@@ -77,11 +77,10 @@ def graph_to_net_parameter(graph: Graph, *, with_blobs: bool = False, other_phas
                 written.setdefault(part.indices[0], []).append(layer)
             else:
                 orphans.append(layer)
-    phase_indices = graph.phase_indices | {i for node in graph.layer_nodes() for i in node.indices}
     for i, original in enumerate(graph.definition.layer):
         if i in written:
             net.layer.extend(written[i])
-        elif other_phases and i not in phase_indices:
+        elif other_phases and i not in graph.phase_indices:
             net.layer.add().CopyFrom(original)
     net.layer.extend(orphans)
     return net

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from caffenorm.caffe.registry import write_fields
 
-__all__ = ["enum_name", "has", "where", "write_pair"]
+__all__ = ["enum_name", "has", "param_of", "where", "write_pair"]
+
+
+def param_of(layer: Any, fields: Mapping[type, str], module: object) -> Any:
+    """The ``*_param`` sub-message of ``layer`` that holds ``module``'s settings, from a family's
+    class -> field table (looked up along the class hierarchy, so subclasses are written too)."""
+    for cls in type(module).__mro__:
+        if cls in fields:
+            return getattr(layer, fields[cls])
+    raise KeyError(f"no parameter field for {type(module).__name__}")
 
 
 def where(layer: str, layer_name: str | None) -> str:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from caffenorm.caffe.layers._fields import param_of
 from caffenorm.caffe.registry import BuildContext, register_layer, register_writer, write_fields
 from caffenorm.caffe.spec import LayerSpec
 from caffenorm.errors import InputShapeError, LayerConfigError, NetDefinitionError
@@ -593,5 +594,5 @@ _PARAM_FIELDS: dict[type, str] = {
 @register_writer(*_PARAM_FIELDS)
 def write_activation(module: CaffeLayer, layer: Any) -> None:
     """The module's settings into its ``*_param`` (Clip's required ``min``/``max`` always written)."""
-    param = getattr(layer, _PARAM_FIELDS[type(module)])
+    param = param_of(layer, _PARAM_FIELDS, module)
     write_fields(param, module.caffe_settings(), keep_defaults=isinstance(module, Clip))

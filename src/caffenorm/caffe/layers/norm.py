@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from caffenorm.caffe.layers._fields import param_of
 from caffenorm.caffe.registry import BuildContext, register_layer, register_writer, write_fields
 from caffenorm.caffe.spec import LayerSpec
 from caffenorm.errors import LayerConfigError, UnsupportedLayerError
@@ -131,4 +132,4 @@ _PARAM_FIELDS: dict[type, str] = {
 @register_writer(*_PARAM_FIELDS)
 def write_norm(module: Any, layer: Any) -> None:
     """The module's current settings (an edited ``k``, ``eps``, ...) into its ``*_param``."""
-    write_fields(getattr(layer, _PARAM_FIELDS[type(module)]), module.caffe_settings())
+    write_fields(param_of(layer, _PARAM_FIELDS, module), module.caffe_settings())

@@ -19,6 +19,7 @@ import torch
 from google.protobuf.message import Message
 from torch import Tensor
 
+from caffenorm.caffe.layers._fields import param_of
 from caffenorm.caffe.registry import BuildContext, register_layer, register_writer, write_fields
 from caffenorm.caffe.spec import LayerSpec
 from caffenorm.errors import InputShapeError, LayerConfigError
@@ -643,7 +644,7 @@ _PARAM_FIELDS: dict[type, str] = {
 def write_shape(module: CaffeLayer, layer: Any) -> None:
     """The module's settings into its ``*_param`` (Reshape's shape is a ``BlobShape``; Tile's
     ``tiles`` is required, so always written)."""
-    param = getattr(layer, _PARAM_FIELDS[type(module)])
+    param = param_of(layer, _PARAM_FIELDS, module)
     settings = module.caffe_settings()
     if isinstance(module, Reshape):
         dims = settings.pop("shape")
