@@ -490,3 +490,24 @@ def test_producer_and_consumers_follow_branches(files):
     # conv_e's chain and its two readers (deconv_f and ip_g read bias_e's output)
     assert graph.consumers(at["bias_e"], 0) == [(at["deconv_f"], 0), (at["ip_g"], 0)]
     assert set(graph.outputs) == {"bn_a", "side_a", "conv_b", "conv_c", "conv_d", "deconv_f", "ip_g"}
+
+
+def test_cut_keeps_what_computes_the_chosen_outputs(tmp_path):
+    """An SSD cut before its DetectionOutput: the three heads are the outputs, equal to the full
+    net's blobs; an intermediate blob another kept layer reads can be an output too."""
+    proto, model, x = zoo.write("ssd", tmp_path)
+    heads = ["mbox_loc", "mbox_conf_flatten", "mbox_priorbox"]
+    cut = caffenorm.load(proto, model, outputs=heads)
+    full = caffenorm.load(proto, model)
+    assert cut.outputs == heads and "detection_out" in cut.graph.removed
+    assert all(n.type != "DetectionOutput" for n in cut.graph)
+    xt = torch.from_numpy(x)
+    got = cut(xt)
+    full(xt)
+    assert list(got) == heads and all(torch.equal(got[k], full.blobs[k]) for k in heads)
+    inner = caffenorm.load(proto, model, outputs=["conv1_1", "mbox_loc"])
+    assert inner.outputs == ["conv1_1", "mbox_loc"]
+    assert torch.equal(inner(xt)["conv1_1"], full.blobs["conv1_1"])
+    assert all("priorbox" not in n.name for n in inner.graph)  # not needed for mbox_loc
+    with pytest.raises(caffenorm.NetDefinitionError, match=r"outputs=\['nope'\] are not blobs of this net"):
+        caffenorm.load(proto, model, outputs=["nope"])

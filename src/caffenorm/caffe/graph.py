@@ -79,6 +79,8 @@ class Graph:
         removed: layers removed by passes -> what became of them (e.g. ``"folded into 'conv1'"``).
         phase_indices: the positions (in ``definition.layer``) of every layer of this phase,
             including those passes removed; the others belong to other phases.
+        output_names: the blobs the net returns, when chosen (:func:`caffenorm.caffe.passes.cut`);
+            None for Caffe's rule (the blobs no layer consumes).
     """
 
     nodes: tuple[Node, ...]
@@ -87,6 +89,7 @@ class Graph:
     phase: str = "TEST"
     removed: Mapping[str, str] = field(default_factory=dict)
     phase_indices: frozenset[int] = frozenset()
+    output_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "nodes", tuple(self.nodes))
@@ -175,6 +178,8 @@ class Graph:
         return list(self._outputs)  # type: ignore[attr-defined]
 
     def _find_outputs(self) -> tuple[str, ...]:
+        if self.output_names is not None:
+            return tuple(self.output_names)
         available: dict[str, None] = {}
         for node in self.nodes:
             for bottom in node.bottoms:
@@ -192,9 +197,18 @@ class Graph:
                 out[top] = shape
         return out
 
-    def replace(self, nodes: Sequence[Node], removed: Mapping[str, str] | None = None) -> Graph:
+    def replace(
+        self, nodes: Sequence[Node], removed: Mapping[str, str] | None = None, **changes: object
+    ) -> Graph:
         """A graph with ``nodes`` (and ``removed`` added to the record of removed layers)."""
-        return dataclasses.replace(self, nodes=tuple(nodes), removed={**self.removed, **(removed or {})})
+        return dataclasses.replace(
+            self, nodes=tuple(nodes), removed={**self.removed, **(removed or {})}, **changes  # type: ignore[arg-type]
+        )
+
+    def last_write(self, blob: str) -> ValueRef:
+        """The value a blob name holds after the whole net ran: (node, top position) of its last
+        writer; KeyError if no layer writes it."""
+        return self._wiring[2][blob]  # type: ignore[attr-defined,no-any-return]
 
     def summary(self) -> str:
         """One line per node: name, type, bottoms -> tops, top shapes."""

@@ -419,6 +419,7 @@ def load(
     seed: int = 0,
     fuse: bool = True,
     fold: bool = False,
+    outputs: Sequence[str] | None = None,
     precision: str = "highest",
     progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
 ) -> Net:
@@ -438,6 +439,9 @@ def load(
             (the same function; see :func:`caffenorm.caffe.passes.fuse_batch_norm_scale`).
         fold: fold BatchNorm, Scale and Bias into the convolutions before them, for inference
             (see :meth:`Net.fold`); needs ``phase="test"``.
+        outputs: return these blobs (their last values) and keep only the layers that compute
+            them (see :func:`caffenorm.caffe.passes.cut`), e.g. an SSD up to
+            ``["mbox_loc", "mbox_conf_flatten", "mbox_priorbox"]``.
         precision: ``"highest"`` or ``"tf32"`` (see :class:`Net`).
         progress: a wrapper such as ``tqdm.tqdm`` to show progress while weights load.
     """
@@ -457,6 +461,8 @@ def load(
     net._generator = built.generator
     if caffemodel is not None:
         net.load_caffemodel(caffemodel, strict=strict, progress=progress)
+    if outputs is not None:
+        net.apply_pass(lambda graph: passes.cut(graph, outputs))
     if fold:
         net.fold()
     if fuse:

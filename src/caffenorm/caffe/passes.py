@@ -4,6 +4,8 @@ net's outputs (to float32 rounding) and change how it is computed.
 * :func:`fuse_batch_norm_scale` -- a BatchNorm and the per-channel Scale that rewrites its top in
   place run as one kernel (:class:`caffenorm.BatchNormScale`): the same function, Caffe's blob
   updates included, without the intermediate tensor.  Applied by default.
+* :func:`cut` -- keep only what computes the chosen output blobs (``caffenorm.load(...,
+  outputs=[...])``), e.g. an SSD without its DetectionOutput for a runtime that lacks it.
 * :func:`fold_batch_norm` -- for inference, BatchNorm (stored statistics), Scale and Bias folded
   into the Convolution, Deconvolution or InnerProduct before them, where the intermediate blob
   has no other reader: ``caffenorm.load(..., fold=True)`` or ``net.fold()``.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -22,11 +25,11 @@ from torch import Tensor, nn
 from caffenorm.caffe.graph import Graph, Node
 from caffenorm.caffe.layers.conv import Convolution, Deconvolution
 from caffenorm.caffe.layers.inner_product import InnerProduct
-from caffenorm.errors import CaffeNormError, NetDefinitionError
+from caffenorm.errors import CaffeNormError, Location, NetDefinitionError
 from caffenorm.nn import BatchNorm, BatchNormScale, Bias, Scale
 from caffenorm.nn._base import CaffeLayer
 
-__all__ = ["fold_batch_norm", "fuse_batch_norm_scale"]
+__all__ = ["cut", "fold_batch_norm", "fuse_batch_norm_scale"]
 
 
 # -- fusion -------------------------------------------------------------------------------------
@@ -225,3 +228,39 @@ def _foldable_pairs(graph: Graph) -> list[tuple[int, int, Node]]:
         pairs.append((i, j, new))
         used.update((i, j))
     return pairs
+
+
+# -- cutting --------------------------------------------------------------------------------------
+
+
+def cut(graph: Graph, outputs: Sequence[str]) -> Graph:
+    """Keep the layers that compute the blobs ``outputs`` (their last values) and make those the
+    net's outputs; the other layers (and inputs nothing needs) are removed.
+
+    Raises :class:`~caffenorm.NetDefinitionError` for a name that is not a blob of the net.
+    """
+    wanted = list(dict.fromkeys(outputs))
+    if not wanted:
+        raise NetDefinitionError("outputs=[] keeps nothing; name at least one blob")
+    unknown = [name for name in wanted if name not in graph.shapes]
+    if unknown:
+        raise NetDefinitionError(
+            f"outputs={unknown} are not blobs of this net; its blobs are: {', '.join(graph.shapes)}",
+            location=Location(graph.source),
+        )
+    needed: set[int] = set()
+    stack = [graph.last_write(name)[0] for name in wanted]
+    while stack:
+        i = stack.pop()
+        if i in needed:
+            continue
+        needed.add(i)
+        stack.extend(graph.producer(i, b)[0] for b in range(len(graph.nodes[i].bottoms)))
+    kept = [node for i, node in enumerate(graph.nodes) if i in needed]
+    removed = {
+        part.name: f"cut: not needed for outputs {wanted}"
+        for i, node in enumerate(graph.nodes)
+        if i not in needed
+        for part in node.layers()
+    }
+    return graph.replace(kept, removed, output_names=tuple(wanted))
