@@ -66,12 +66,12 @@ def _progress() -> Any:
     return lambda items: tqdm(items, desc="loading weights", unit="layer", leave=False)
 
 
-def _load(args: argparse.Namespace, proto: Path, weights: Path | None) -> Any:
+def _load(args: argparse.Namespace, proto: Path, weights: Path | None, **options: Any) -> Any:
     from caffenorm.caffe.net import load
 
     return load(
         proto, weights, args.phase, input_shapes=dict(args.input_shape), strict=not args.allow_missing,
-        progress=_progress(),
+        progress=_progress(), **options,
     )
 
 
@@ -209,6 +209,28 @@ def _compare(net: Any, proto: Path, weights: Path, inputs: dict[str, np.ndarray]
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Export the model to ONNX or ncnn; the export checks itself in its runtime and the table of
+    that check is printed.  Exit 1 when it fails (the error names the first diverging blob)."""
+    from caffenorm import export
+
+    proto, weights = _model_args(args)
+    if weights is None and args.prototxt is not None:
+        print("(no caffemodel: weights come from the prototxt's fillers)")
+    outputs = [name for name in (args.outputs or "").split(",") if name] or None
+    net = _load(args, proto, weights, fold=args.fold, outputs=outputs)
+    out = Path(args.output) if args.output else Path(proto.name).with_suffix(f".{args.to}")
+    if args.to == "onnx":
+        report = export.to_onnx(net, out, verify=not args.no_verify)
+    else:
+        param = out if out.suffix == ".param" else out.with_suffix(".param")
+        report = export.to_ncnn(net, param, param.with_suffix(".bin"), verify=not args.no_verify)
+    print(f"wrote {', '.join(report.files)}")
+    if report.checks or report.notes:
+        print(report.table())
+    return 0 if report.ok else 1
+
+
 def cmd_layers(args: argparse.Namespace) -> int:
     from caffenorm.caffe.layers import supported_layers
 
@@ -244,6 +266,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--top", type=int, default=5, help="classes to show per sample")
     run.add_argument("--compare", choices=["opencv"], help="also run OpenCV dnn and compare layer by layer")
     run.set_defaults(func=cmd_run)
+    convert = model_command("convert", "export the model to ONNX or ncnn, checked in that runtime")
+    convert.add_argument("--to", required=True, choices=["onnx", "ncnn"], help="the format to write")
+    convert.add_argument("-o", "--output", help="the file to write (ncnn: NAME.param, with NAME.bin beside it)")
+    convert.add_argument("--fold", action=argparse.BooleanOptionalAction, default=True,
+                         help="fold BatchNorm/Scale/Bias into the convolutions first (default: yes)")
+    convert.add_argument("--outputs", metavar="BLOB,BLOB,...",
+                         help="export only what computes these blobs (e.g. an SSD before its DetectionOutput)")
+    convert.add_argument("--no-verify", action="store_true", help="skip running the exported model in its runtime")
+    convert.set_defaults(func=cmd_convert)
     layers = sub.add_parser("layers", help="list the supported Caffe layer types", parents=[common])
     layers.set_defaults(func=cmd_layers)
     return parser
