@@ -1,4 +1,5 @@
-"""Regenerate the supported-layer table in README.md from the converter registry.
+"""Regenerate README.md's generated tables: the supported layers (from the converter registry) and
+the export mapping (from the ONNX and ncnn exporter registries).
 
     python scripts/gen_layers_table.py          # rewrite README.md
     python scripts/gen_layers_table.py --check  # exit 1 if README.md is out of date
@@ -11,23 +12,45 @@ import sys
 from pathlib import Path
 
 from caffenorm.caffe.layers import layer_table
+from caffenorm.export.ncnn import mapping_table as ncnn_table
+from caffenorm.export.onnx import mapping_table as onnx_table
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-START, END = "<!-- layers:start -->", "<!-- layers:end -->"
 
 
-def render() -> str:
+def _cell(text: str) -> str:
+    return text.replace("``", "`").replace("|", "\\|")  # rst literals -> markdown; keep the table intact
+
+
+def render_layers() -> str:
     lines = ["| Caffe type | family | what caffenorm reproduces |", "|---|---|---|"]
     for caffe_type, family, summary in layer_table():
-        cell = summary.replace("``", "`").replace("|", "\\|")  # rst literals -> markdown; keep the table intact
-        lines.append(f"| `{caffe_type}` | {family} | {cell} |")
+        lines.append(f"| `{caffe_type}` | {family} | {_cell(summary)} |")
     return "\n".join(lines)
 
 
+def render_export() -> str:
+    onnx = {row[0]: row[2] for row in onnx_table()}
+    ncnn = {row[0]: row[2] for row in ncnn_table()}
+    lines = ["| Caffe type | ONNX (onnxruntime) | ncnn |", "|---|---|---|"]
+    for caffe_type in sorted(set(onnx) | set(ncnn), key=str.lower):
+        lines.append(
+            f"| `{caffe_type}` | {_cell(onnx.get(caffe_type, 'not exported'))} | "
+            f"{_cell(ncnn.get(caffe_type, 'not exported'))} |"
+        )
+    return "\n".join(lines)
+
+
+BLOCKS = {"layers": render_layers, "export": render_export}
+
+
 def updated(text: str) -> str:
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{render()}\n{END}{tail}"
+    for name, render in BLOCKS.items():
+        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        text = f"{head}{start}\n{render()}\n{end}{tail}"
+    return text
 
 
 def main() -> int:
@@ -38,7 +61,7 @@ def main() -> int:
     new = updated(text)
     if args.check:
         if new != text:
-            print("README.md's layer table is out of date: run python scripts/gen_layers_table.py", file=sys.stderr)
+            print("README.md's generated tables are out of date: run python scripts/gen_layers_table.py", file=sys.stderr)
             return 1
         return 0
     README.write_text(new, encoding="utf-8")

@@ -118,3 +118,28 @@ def test_compare_on_a_model_opencv_cannot_run_is_a_one_line_error(tmp_path, caps
     assert main(["run", str(proto), str(model), "--compare", "opencv"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("caffenorm: error: OpenCV dnn")
+
+
+@pytest.mark.parametrize("to, suffixes", [("onnx", [".onnx"]), ("ncnn", [".param", ".bin"])])
+def test_convert_writes_a_checked_model_of_the_bundled_example(tmp_path, capsys, to, suffixes):
+    pytest.importorskip("onnxruntime" if to == "onnx" else "ncnn")
+    out = tmp_path / f"example{suffixes[0]}"
+    assert main(["convert", "--to", to, "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "all blobs agree" in printed and "prob" in printed
+    assert all(out.with_suffix(s).is_file() for s in suffixes)
+
+
+def test_convert_refuses_detection_output_and_names_the_cut(tmp_path, capsys):
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent / "caffe"))
+    import zoo
+
+    pytest.importorskip("onnxruntime")
+    proto, model, _ = zoo.write("ssd", tmp_path)
+    assert main(["convert", str(proto), str(model), "--to", "onnx", "-o", str(tmp_path / "ssd.onnx")]) == 1
+    err = capsys.readouterr().err
+    assert "DetectionOutput" in err and "outputs=" in err
+    cut = "mbox_loc,mbox_conf_flatten,mbox_priorbox"
+    args = ["convert", str(proto), str(model), "--to", "onnx", "-o", str(tmp_path / "ssd.onnx"), "--outputs", cut]
+    assert main(args) == 0
+    assert "all blobs agree" in capsys.readouterr().out
