@@ -73,6 +73,11 @@ class CaffeLayer(nn.Module):
         """
         if self.same_shape:
             return [tuple(shapes[0])]
+        return self.meta_output_shapes(*shapes)
+
+    def meta_output_shapes(self, *shapes: Sequence[int]) -> list[Shape]:
+        """The shapes of the layer's tops found by running its forward on the meta device (its
+        checks included; nothing is allocated, the layer's own tensors are not touched)."""
         state = {
             name: torch.empty(t.shape, dtype=t.dtype, device="meta")
             for name, t in (*self.named_parameters(), *self.named_buffers())

@@ -307,15 +307,7 @@ def _output_shapes(module: Any, shapes: Sequence[tuple[int, ...]]) -> list[Any]:
 
     if type(module).output_shapes is not CaffeLayer.output_shapes:
         return list(module.output_shapes(*shapes))
-    state = {
-        name: torch.empty(t.shape, dtype=t.dtype, device="meta")
-        for name, t in (*module.named_parameters(), *module.named_buffers())
-    }
-    args = tuple(torch.empty(tuple(s), device="meta") for s in shapes)
-    with torch.no_grad():
-        out = torch.func.functional_call(module, state, args)
-    outs = out if isinstance(out, tuple) else (out,)
-    return [tuple(o.shape) for o in outs]
+    return module.meta_output_shapes(*shapes)
 
 
 def _merge(ctx: ExportContext, a: Sequence[Any] | None, b: Sequence[Any] | None) -> Template | None:
