@@ -10,10 +10,11 @@ How it works: every module class of the graph's nodes has one small exporter (a 
 modules' tensors, the ONNX value each Caffe blob name is bound to now (rebound by in-place layers;
 the last value of a blob carries the blob's name), and shape templates in which the batch axis
 stays dynamic.  :func:`mapping_table` lists what each layer maps to (the first line of each
-exporter's docstring).  Layers that cannot be mapped exactly are refused with an
-:class:`~caffenorm.ExportError` naming the layer, its type and why: DetectionOutput (ONNX's
-NonMaxSuppression is not Caffe's; cut the net before it), the loss/accuracy layers, a training-mode
-net, Pooling's MAX mask top.
+exporter's docstring).  DetectionOutput is written in standard ops with Caffe's overlap
+formula and greedy NMS (not ONNX's NonMaxSuppression, which differs) and checked against
+caffenorm's layer on onnxruntime's own bottoms.  Layers that cannot be mapped exactly are refused
+with an :class:`~caffenorm.ExportError` naming the layer, its type and why: the loss/accuracy
+layers, a training-mode net, Pooling's MAX mask top.
 
 Opset: 17 by default (``opset=`` takes 17 up to the installed onnx's newest).  Everything a Caffe
 net needs exists at 17 with Caffe's semantics -- ``Softmax`` over one axis (13), ``LRN`` (13),

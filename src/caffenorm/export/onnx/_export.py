@@ -213,7 +213,7 @@ def to_onnx(
         runs = [(int(b), example_inputs(net.input_shapes, int(b), seed)) for b in batch_sizes]
     else:
         runs = [(_declared_batch(net), _declared_inputs(net, seed))]
-    report.checks = _verify(net, built, path, ort, runs, rtol, atol)
+    report.checks = _verify(net, built, path, ort, runs, rtol, atol, report.notes)
     report.notes.append(f"checked at batch size(s) {', '.join(str(b) for b, _ in runs)}, seed {seed}")
     report.raise_for_mismatch()
     return report
@@ -251,7 +251,7 @@ def _check_net(net: Any, verify: bool) -> None:
 
 def _verify(
     net: Any, built: BuiltModel, path: str, ort: ModuleType, runs: Sequence[tuple[int, dict[str, np.ndarray]]],
-    rtol: float, atol: float,
+    rtol: float, atol: float, report_notes: list[str],
 ) -> list[BlobCheck]:
     """Run the written file (the outputs) and a copy exposing every intermediate blob in
     onnxruntime, with the default graph optimizations, and compare both with the eager net on
@@ -307,5 +307,37 @@ def _verify(
             by_value = dict(zip(values, probe.run(values, feeds)))
             got.update({blob: by_value[value] for blob, value in inner.items()})
         got.update({blob: feeds[value] for blob, value in fed.items()})
+        for blob, rows in _detections_on_runtime_bottoms(net, got).items():
+            # Float noise upstream (~1e-6) can swap two nearly equal scores and reorder rows: the
+            # layer is checked exactly on the runtime's own bottoms; end to end is reported.
+            if expected[blob].shape != got[blob].shape or not np.allclose(expected[blob], got[blob], rtol, atol):
+                report_notes.append(
+                    f"{blob} at batch {batch}: end to end {got[blob].shape[2]} rows, caffenorm eager "
+                    f"{expected[blob].shape[2]} (scores differing by float noise upstream reorder or cut rows); "
+                    "checked exactly against caffenorm's DetectionOutput on onnxruntime's own bottoms"
+                )
+            expected[blob] = rows
+            notes[blob] = "output; DetectionOutput on the runtime's own bottoms"
         checks += compare_blobs(expected, got, names, batch, rtol, atol, notes)
     return checks
+
+
+def _detections_on_runtime_bottoms(net: Any, got: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """For each DetectionOutput whose bottoms the runtime gave back (their last values are the
+    ones it read), caffenorm's rows computed from those bottoms."""
+    import torch
+
+    from caffenorm.caffe.layers.detection import DetectionOutput
+
+    graph = net.graph
+    out: dict[str, np.ndarray] = {}
+    for i, node in enumerate(graph.nodes):
+        if not isinstance(node.module, DetectionOutput) or node.tops[0] not in got:
+            continue
+        reads_last = all(graph.producer(i, j) == graph.last_write(b) for j, b in enumerate(node.bottoms))
+        if not reads_last or any(b not in got for b in node.bottoms):
+            continue
+        with torch.no_grad():
+            rows = node.module(*(torch.from_numpy(np.ascontiguousarray(got[b])) for b in node.bottoms))
+        out[node.tops[0]] = rows.numpy()
+    return out
