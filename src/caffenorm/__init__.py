@@ -3,6 +3,7 @@
 from caffenorm import functional
 from caffenorm.caffe.graph import Graph, Node
 from caffenorm.caffe.net import Net, load
+from caffenorm.caffe.solver import Solver, TestScores
 from caffenorm.errors import (
     BlobError,
     CaffemodelError,
@@ -14,6 +15,7 @@ from caffenorm.errors import (
     ModelFileError,
     NetDefinitionError,
     PrototxtSyntaxError,
+    SolverError,
     UnsupportedLayerError,
 )
 from caffenorm.functional.lrn import NormRegion
@@ -45,6 +47,9 @@ __all__ = [
     "Normalize",
     "PrototxtSyntaxError",
     "Scale",
+    "Solver",
+    "SolverError",
+    "TestScores",
     "Transform",
     "UnsupportedLayerError",
     "__version__",

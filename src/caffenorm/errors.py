@@ -27,6 +27,7 @@ __all__ = [
     "ModelFileError",
     "NetDefinitionError",
     "PrototxtSyntaxError",
+    "SolverError",
     "UnsupportedLayerError",
 ]
 
@@ -129,3 +130,10 @@ class UnsupportedLayerError(CaffeNormError):
 class ExportError(CaffeNormError):
     """A net cannot be carried out of eager PyTorch exactly (a tracer, an exporter, a dtype): the
     message says what cannot be kept and how to get an exact result instead."""
+
+
+class SolverError(CaffeNormError, ValueError):
+    """A solver definition (``solver.prototxt``) or solver state (``.solverstate``) that Caffe
+    would refuse or that does not fit the net: an unknown field or solver type, a ``step`` policy
+    without a positive ``stepsize``, ``iter_size: 0``, a missing net file, a state whose history
+    blobs belong to another net...  The message names the file, the field and the value."""

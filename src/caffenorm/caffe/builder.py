@@ -12,10 +12,11 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from google.protobuf.message import Message
-from torch import Tensor
+from torch import Tensor, nn
 
 from caffenorm.caffe import io
 from caffenorm.caffe import layers as _layers  # noqa: F401 - registers the layer families
@@ -27,7 +28,7 @@ from caffenorm.caffe.upgrade import upgrade_net
 from caffenorm.errors import CaffeNormError, Location, NetDefinitionError
 from caffenorm.nn._base import CaffeLayer, Shape
 
-__all__ = ["Built", "build_graph", "read_net"]
+__all__ = ["Built", "build_graph", "read_net", "select_layers", "set_blob", "share_params"]
 
 PathLike = str | os.PathLike[str]
 
@@ -42,13 +43,29 @@ def read_net(
     """
     path = Path(prototxt)
     net_param, lines = io.read_prototxt(path)
-    if net_param.input or net_param.input_shape or net_param.input_dim:
+    return select_layers(net_param, lines, str(path), phase, level, stages)
+
+
+def select_layers(
+    net_param: Message,
+    lines: Sequence[int | None],
+    source: str,
+    phase: str = "test",
+    level: int = 0,
+    stages: Sequence[str] = (),
+) -> tuple[Message, list[LayerSpec]]:
+    """:func:`read_net` for a ``NetParameter`` already parsed (e.g. a solver's inline
+    ``net_param``): upgrade it in place and return it with the layers of ``phase``/``level``/
+    ``stages``.  ``lines`` are the prototxt lines of its top-level layers (may be empty);
+    ``source`` names it in messages."""
+    lines = list(lines)
+    if lines and (net_param.input or net_param.input_shape or net_param.input_dim):
         lines = [None, *lines]  # the upgrade prepends an Input layer that has no line of its own
-    upgrade_net(net_param, str(path))
+    upgrade_net(net_param, source)
     all_stages = [*net_param.state.stage, *stages]
-    specs = layer_specs(net_param, lines, str(path), phase, level, all_stages)
+    specs = layer_specs(net_param, lines, source, phase, level, all_stages)
     if not specs:
-        raise NetDefinitionError(f"no layers for phase {parse_phase(phase)}", location=Location(str(path)))
+        raise NetDefinitionError(f"no layers for phase {parse_phase(phase)}", location=Location(source))
     return net_param, specs
 
 
@@ -193,6 +210,7 @@ def build_graph(
                 is_input=is_input,
             )
         )
+    share_params(nodes)
     if overrides:
         inputs = [top for n in nodes if n.is_input for top in n.tops]
         raise NetDefinitionError(
@@ -205,3 +223,89 @@ def build_graph(
         layer.ClearField("blobs")
     graph = Graph(tuple(nodes), definition, source, phase, phase_indices=frozenset(s.index for s in specs))
     return Built(graph, deferred, generator)
+
+
+def set_blob(module: CaffeLayer, index: int, tensor: Tensor) -> None:
+    """Make blob ``index`` of ``module`` the tensor ``tensor`` itself (not a copy)."""
+    name = module._blob_names()[index]
+    owner, _, attr = name.rpartition(".")
+    target = module.get_submodule(owner) if owner else module
+    if attr in target._parameters:
+        if not isinstance(tensor, nn.Parameter):
+            raise TypeError(f"blob {index} ({name}) of {type(module).__name__} is a parameter; got a plain tensor")
+        target._parameters[attr] = tensor
+    else:
+        target._buffers[attr] = tensor
+    target.__dict__.pop("_stats_cache", None)  # BatchNorm's statistics cache, keyed on the old blob
+
+
+def share_params(nodes: Sequence[Node]) -> None:
+    """Caffe's parameter sharing and ``lr_mult``, applied to freshly built layers (in net order).
+
+    * ``param { name: "w" }`` on several layers: the first layer with that name owns the blob,
+      and each later layer's module gets the owner's tensor itself (the very ``nn.Parameter``),
+      so the blob is one tensor that every sharing layer reads and whose gradient sums every
+      use -- Caffe's ``Net::AppendParam``.  Shapes must be equal (Caffe's ``STRICT``
+      ``share_mode``; ``PERMISSIVE``, which only compares counts, is accepted for equal shapes)
+      or a :class:`NetDefinitionError` names both layers, the name and the shapes ("Cannot share
+      param").  ``lr_mult``/``decay_mult`` given on both the owner and a sharer must agree
+      ("Shared param has mismatched lr_mult"); one given on a sharer only is the blob's.
+    * ``lr_mult: 0``: the blob is not learned and Caffe does not compute its gradient
+      (``param_propagate_down`` false), so its ``nn.Parameter`` gets ``requires_grad=False``.  For
+      a shared blob the resolved multiplier decides (an update scaled by 0 changes nothing
+      whatever the gradient).
+    """
+    owners: dict[str, tuple[Node, int, Tensor]] = {}
+    # learnable blob (by tensor id) -> [tensor, lr_mult, has_lr, decay_mult, has_decay]
+    resolved: dict[int, list[Any]] = {}
+    for node in nodes:
+        if node.is_input or not node.definitions:
+            continue
+        specs = list(node.definitions[0].param)
+        blobs = node.module.caffe_blobs()
+        for index, blob in enumerate(blobs):
+            spec = specs[index] if index < len(specs) else None
+            lr, decay = (spec.lr_mult, spec.decay_mult) if spec is not None else (1.0, 1.0)
+            has_lr = spec is not None and spec.HasField("lr_mult")
+            has_decay = spec is not None and spec.HasField("decay_mult")
+            name = spec.name if spec is not None else ""
+            if not name or name not in owners:
+                if name:
+                    owners[name] = (node, index, blob)
+                resolved[id(blob)] = [blob, lr, has_lr, decay, has_decay]
+                continue
+            owner, owner_index, shared = owners[name]
+            if tuple(shared.shape) != tuple(blob.shape):
+                permissive = spec is not None and spec.share_mode == spec.PERMISSIVE
+                why = (
+                    "counts match (share_mode PERMISSIVE) but caffenorm shares one tensor, which needs equal shapes"
+                    if permissive and shared.numel() == blob.numel()
+                    else "shape mismatch"
+                )
+                raise NetDefinitionError(
+                    f"Cannot share param {name!r} owned by layer {owner.name!r} with layer {node.name!r}: {why}; "
+                    f"the owner's blob {owner_index} has shape {tuple(shared.shape)}, layer {node.name!r}'s blob "
+                    f"{index} expects {tuple(blob.shape)}",
+                    location=node.location,
+                )
+            if isinstance(shared, nn.Parameter) != isinstance(blob, nn.Parameter):
+                raise NetDefinitionError(
+                    f"Cannot share param {name!r} owned by layer {owner.name!r} with layer {node.name!r}: one is a "
+                    f"learned blob, the other a statistic ({owner.type} blob {owner_index}, {node.type} blob {index})",
+                    location=node.location,
+                )
+            set_blob(node.module, index, shared)
+            entry = resolved[id(shared)]
+            for value, has, slot, label in ((lr, has_lr, 1, "lr_mult"), (decay, has_decay, 3, "decay_mult")):
+                if not has:
+                    continue
+                if entry[slot + 1] and entry[slot] != value:
+                    raise NetDefinitionError(
+                        f"Shared param {name!r} has mismatched {label}: {entry[slot]:g} (layer {owner.name!r}) "
+                        f"vs {value:g} (layer {node.name!r})",
+                        location=node.location,
+                    )
+                entry[slot], entry[slot + 1] = value, True
+    for blob, lr, *_ in resolved.values():
+        if isinstance(blob, nn.Parameter) and lr == 0:
+            blob.requires_grad_(False)

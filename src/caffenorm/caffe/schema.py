@@ -26,9 +26,10 @@ Where the facts come from (field numbers and defaults only; the table is our own
   ``TransformationParameter`` fields and the messages they need.
 
 The two numberings do not collide on any message reachable from ``NetParameter``, so the
-table is their union. ``SolverParameter`` / ``SolverState`` are left out on purpose: BVLC
+table is their union. ``SolverParameter`` / ``SolverState`` are not in this table: BVLC
 and SSD give ``SolverParameter`` fields 41/42 different meanings, and nets never contain
-solver messages.
+solver messages.  They live in :mod:`caffenorm.caffe.solver_schema`, a second table added to
+this module's private pool by :func:`extend` (so its ``net_param`` is this ``NetParameter``).
 
 Usage::
 
@@ -42,6 +43,7 @@ Usage::
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple, Union
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -903,18 +905,29 @@ def _add_enum(proto: descriptor_pb2.EnumDescriptorProto, name: str, values: str)
         proto.value.add(name=value_name, number=int(number))
 
 
-def _resolve_type(owner: str, ref: str) -> tuple[_FDP.Type.ValueType, str]:
-    """Return (field type, fully qualified type name) for a type written in the table."""
+def _resolve_type(
+    owner: str,
+    ref: str,
+    messages: Mapping[str, _Message] | None = None,
+    enums: Mapping[str, str] | None = None,
+) -> tuple[_FDP.Type.ValueType, str]:
+    """Return (field type, fully qualified type name) for a type written in the table.
+
+    ``messages``/``enums`` are every table the name may come from (the file being built and the
+    files it depends on; all in package ``caffe``); by default the net schema's own.
+    """
+    messages = _MESSAGES if messages is None else messages
+    enums = _ENUMS if enums is None else enums
     if ref in _SCALAR_TYPES:
         return _SCALAR_TYPES[ref], ""
-    if ref in _MESSAGES[owner].enums:
+    if ref in messages[owner].enums:
         return _FDP.TYPE_ENUM, f".{_PACKAGE}.{owner}.{ref}"
-    if ref in _ENUMS:
+    if ref in enums:
         return _FDP.TYPE_ENUM, f".{_PACKAGE}.{ref}"
-    if ref in _MESSAGES:
+    if ref in messages:
         return _FDP.TYPE_MESSAGE, f".{_PACKAGE}.{ref}"
     outer, _, inner = ref.partition(".")
-    if outer in _MESSAGES and inner in _MESSAGES[outer].enums:
+    if outer in messages and inner in messages[outer].enums:
         return _FDP.TYPE_ENUM, f".{_PACKAGE}.{ref}"
     raise ValueError(f"caffe schema: {owner} uses unknown type {ref!r}")
 
@@ -928,14 +941,20 @@ def _default_text(value: _Default) -> str:
     return str(value)
 
 
-def _add_field(proto: descriptor_pb2.FieldDescriptorProto, owner: str, field: _Field) -> None:
+def _add_field(
+    proto: descriptor_pb2.FieldDescriptorProto,
+    owner: str,
+    field: _Field,
+    messages: Mapping[str, _Message] | None = None,
+    enums: Mapping[str, str] | None = None,
+) -> None:
     number, name, spec, *default = field
     words = spec.split()
     label = words[0] if len(words) == 2 else "optional"
     proto.name = name
     proto.number = number
     proto.label = _LABELS[label]
-    proto.type, type_name = _resolve_type(owner, words[-1])
+    proto.type, type_name = _resolve_type(owner, words[-1], messages, enums)
     if type_name:
         proto.type_name = type_name
     if label == "packed":
@@ -944,25 +963,49 @@ def _add_field(proto: descriptor_pb2.FieldDescriptorProto, owner: str, field: _F
         proto.default_value = _default_text(default[0])
 
 
-def _build_file() -> descriptor_pb2.FileDescriptorProto:
-    """Turn the table into a proto2 FileDescriptorProto for package ``caffe``."""
-    file = descriptor_pb2.FileDescriptorProto(name=_FILE_NAME, package=_PACKAGE, syntax="proto2")
-    for name, values in _ENUMS.items():
-        _add_enum(file.enum_type.add(), name, values)
-    for name, message in _MESSAGES.items():
-        proto = file.message_type.add(name=name)
+def build_file(
+    name: str,
+    messages: Mapping[str, _Message],
+    enums: Mapping[str, str] | None = None,
+    *,
+    dependencies: Sequence[str] = (),
+    known_messages: Mapping[str, _Message] | None = None,
+    known_enums: Mapping[str, str] | None = None,
+) -> descriptor_pb2.FileDescriptorProto:
+    """Turn a table (``messages``, package-level ``enums``) into a proto2 FileDescriptorProto for
+    package ``caffe`` named ``name``.
+
+    A table may use the messages and enums of files it depends on (``dependencies``: their file
+    names; ``known_messages``/``known_enums``: their tables), e.g. the solver schema's
+    ``SolverParameter.net_param`` is the net schema's ``NetParameter``.
+    """
+    enums = dict(enums or {})
+    all_messages = {**(known_messages or {}), **messages}
+    all_enums = {**(known_enums or {}), **enums}
+    file = descriptor_pb2.FileDescriptorProto(name=name, package=_PACKAGE, syntax="proto2")
+    file.dependency.extend(dependencies)
+    for enum_name, values in enums.items():
+        _add_enum(file.enum_type.add(), enum_name, values)
+    for message_name, message in messages.items():
+        proto = file.message_type.add(name=message_name)
         for enum_name, values in message.enums.items():
             _add_enum(proto.enum_type.add(), enum_name, values)
         for field in message.fields:
-            _add_field(proto.field.add(), name, field)
+            _add_field(proto.field.add(), message_name, field, all_messages, all_enums)
     return file
 
 
-def _build_pool() -> tuple[FileDescriptor, dict[str, type[Message]]]:
-    """Load the schema into a fresh private DescriptorPool and make one class per message."""
-    pool = descriptor_pool.DescriptorPool()
-    pool.AddSerializedFile(_build_file().SerializeToString())
-    file = pool.FindFileByName(_FILE_NAME)
+def _build_file() -> descriptor_pb2.FileDescriptorProto:
+    """Turn the net table into a proto2 FileDescriptorProto for package ``caffe``."""
+    return build_file(_FILE_NAME, _MESSAGES, _ENUMS)
+
+
+def _add_file(
+    pool: descriptor_pool.DescriptorPool, file_proto: descriptor_pb2.FileDescriptorProto
+) -> tuple[FileDescriptor, dict[str, type[Message]]]:
+    """Add ``file_proto`` to ``pool``; return its descriptor and one class per message."""
+    pool.AddSerializedFile(file_proto.SerializeToString())
+    file = pool.FindFileByName(file_proto.name)
     classes = {
         name: _get_message_class(descriptor)
         for name, descriptor in file.message_types_by_name.items()
@@ -970,7 +1013,31 @@ def _build_pool() -> tuple[FileDescriptor, dict[str, type[Message]]]:
     return file, classes
 
 
+def _build_pool() -> tuple[FileDescriptor, dict[str, type[Message]]]:
+    """Load the schema into a fresh private DescriptorPool and make one class per message."""
+    return _add_file(descriptor_pool.DescriptorPool(), _build_file())
+
+
 DESCRIPTOR, _CLASSES = _build_pool()
+
+
+def extend(
+    file_name: str, messages: Mapping[str, _Message], enums: Mapping[str, str] | None = None
+) -> tuple[FileDescriptor, dict[str, type[Message]]]:
+    """Add a second table to the net schema's private pool, as the file ``file_name`` (package
+    ``caffe``) depending on the net schema: its messages may use every net message and enum, and
+    a net message inside it is the very class of this module (``schema.NetParameter``), so values
+    move between the two without conversion.  Returns the new file's descriptor and its classes.
+
+    Used by :mod:`caffenorm.caffe.solver_schema`; a table is written with :func:`msg`.
+    """
+    proto = build_file(
+        file_name, messages, enums, dependencies=[_FILE_NAME], known_messages=_MESSAGES, known_enums=_ENUMS
+    )
+    return _add_file(DESCRIPTOR.pool, proto)
+
+
+msg = _msg  # the table's message constructor, for other tables (see :func:`extend`)
 
 
 def message_class(name: str) -> type[Message]:
