@@ -1,6 +1,6 @@
 """caffenorm: Caffe's normalization layers, exactly as Caffe computes them, in PyTorch."""
 
-from caffenorm import functional
+from caffenorm import functional, optim
 from caffenorm.caffe.graph import Graph, Node
 from caffenorm.caffe.net import Net, load
 from caffenorm.caffe.solver import Solver, TestScores
@@ -55,6 +55,7 @@ __all__ = [
     "__version__",
     "full_float32",
     "functional",
+    "optim",
     "load",
     "load_image",
     "transform_batch",
