@@ -13,6 +13,7 @@ import math
 import torch
 from torch import Tensor
 
+from caffenorm import kernels as _kernels
 from caffenorm.errors import InputShapeError
 from caffenorm.functional._checks import canonical_axis, check_ndim, check_real, compute_dtype
 
@@ -65,6 +66,10 @@ def batch_norm(
         if t is not None and tuple(t.shape) != (channels,):
             raise InputShapeError(f"BatchNorm: {name} has shape {tuple(t.shape)}, expected ({channels},)")
     dtype = compute_dtype(input)
+    if _kernels.available(input) and _kernels.batch_norm_fits(input, use_global_stats):  # CUDA + triton
+        return _kernels.batch_norm(
+            input, mean_sum, var_sum, scale_factor, use_global_stats, moving_average_fraction, eps, weight, bias, stats
+        )
     x = input.to(dtype)
     w = None if weight is None else weight.to(dtype)
     b = None if bias is None else bias.to(dtype)

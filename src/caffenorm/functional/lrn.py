@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from caffenorm import kernels as _kernels
 from caffenorm.errors import LayerConfigError
 from caffenorm.functional._checks import check_ndim, check_real, compute_dtype
 from caffenorm.functional._chunks import batch_slices
@@ -177,6 +178,8 @@ def _lrn_op(
     # Checked here too: direct op calls and compiled callers skip lrn()'s checks (microseconds).
     _check_settings(local_size, alpha, beta, k)
     parse_norm_region(norm_region)
+    if _kernels.available(x):  # CUDA + triton: the fused kernels (caffenorm.kernels.lrn_triton)
+        return _kernels.lrn(x, local_size, alpha, beta, k, norm_region)
     half, coef, shift, dims = _lrn_settings(local_size, alpha, k, norm_region)
     within = len(dims) == 2
     dtype = compute_dtype(x)
@@ -222,6 +225,8 @@ def _lrn_backward_op(
     ``dx`` is in the input dtype, computed in ``S``'s dtype.  ACROSS poisons the window sum like
     Caffe's running sum, as the forward does.
     """
+    if _kernels.available(x):  # CUDA + triton: the fused kernels (caffenorm.kernels.lrn_triton)
+        return _kernels.lrn_backward(grad, x, y, scale, local_size, alpha, beta, norm_region)
     half, coef, _, dims = _lrn_settings(local_size, alpha, 1.0, norm_region)
     within = len(dims) == 2
     dtype = scale.dtype

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from caffenorm import kernels as _kernels
 from caffenorm.errors import InputShapeError
 from caffenorm.functional._checks import check_ndim, check_real, compute_dtype
 from caffenorm.functional._chunks import batch_slices
@@ -66,6 +67,8 @@ def _normalize_op(
     argument here so that the autograd formula registered for this op can see it.
     """
     _check_eps(eps)  # also here: direct op calls and compiled callers skip the public function's check
+    if _kernels.available(x):  # CUDA + triton: the fused kernels (caffenorm.kernels.normalize_triton)
+        return _kernels.normalize(x, scale, across_spatial, eps)
     dtype = compute_dtype(x)
     n, c = x.shape[0], x.shape[1]
     x3 = x.reshape(n, c, -1)
@@ -117,6 +120,8 @@ def _normalize_backward_op(
     Returns ``(dx, dscale)``; an output whose flag (``input_grad``/``scale_grad``) is False is not
     computed and comes back as an empty tensor of shape ``(0,)`` (custom ops cannot return None).
     """
+    if _kernels.available(x):  # CUDA + triton: the fused kernels (caffenorm.kernels.normalize_triton)
+        return _kernels.normalize_backward(grad, x, scale, norm, across_spatial, caffe_backward, input_grad, scale_grad)
     want_x, want_s = input_grad, scale_grad
     dtype = norm.dtype
     n, c = x.shape[0], x.shape[1]
