@@ -15,7 +15,8 @@ from caffenorm.cli import example_model, main
 def test_run_without_a_model_uses_the_bundled_example(capsys):
     assert main(["run"]) == 0
     out = capsys.readouterr().out
-    assert "bundled example" in out and "prob: shape (1, 10)" in out and "sample 0: [" in out
+    assert "bundled example" in out and "prob: shape (1, 10), top 5 per image" in out
+    assert "input data: shape (1, 3, 32, 32) (random normal, seed 0)" in out
 
 
 def test_bundled_example_uses_every_normalization_layer():
@@ -31,18 +32,23 @@ def test_info_prints_layers_shapes_and_parameter_counts(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "norm1       LRN" in out and "1x16x32x32" in out
-    assert "14,795 parameters" in out and "outputs ['prob']" in out
+    assert "14,730 learnable parameters + 65 BatchNorm statistics" in out and "outputs ['prob']" in out
 
 
-def test_compare_opencv_names_the_first_diverging_blob_and_why(capsys):
+def test_compare_opencv_names_norm1_as_the_only_cause_and_writes_the_report(tmp_path, capsys):
     pytest.importorskip("cv2")
-    assert main(["run", "--compare", "opencv"]) == 0
+    report = tmp_path / "parity.html"
+    assert main(["run", "--compare", "opencv", "--report", str(report)]) == 0
     out = capsys.readouterr().out
-    # The example's first LRN has k = 2, which OpenCV's Caffe importer drops; the layers before agree.
-    assert "first blob that diverges: 'norm1' (LRN)" in out
-    assert "ignores LRN's k" in out
+    # The example's first LRN has k = 2, which OpenCV's Caffe importer drops; the layers before agree
+    # and the 13 after it only inherit its difference.
+    assert "1 cause of difference: norm1 (LRN); 13 later layers only inherit a difference" in out
+    assert "ignores LRN's k" in out and "follows from norm1" in out
+    assert "DIVERGES" not in out
     conv1 = next(line for line in out.splitlines() if line.startswith("conv1 "))
-    assert " ok" in conv1
+    assert conv1.rstrip().endswith("ok")
+    page = report.read_text()
+    assert page.startswith("<!DOCTYPE html>") and "norm1" in page and "<svg" in page
 
 
 def test_run_reads_npy_and_image_inputs(tmp_path, capsys):
@@ -51,7 +57,7 @@ def test_run_reads_npy_and_image_inputs(tmp_path, capsys):
     np.save(tmp_path / "x.npy", x)
     assert main(["run", str(proto), str(model), "--input", str(tmp_path / "x.npy")]) == 0
     out = capsys.readouterr().out
-    assert "input data: shape (2, 3, 32, 32)" in out and "sample 1:" in out
+    assert "input data: shape (2, 3, 32, 32)" in out and "\n#1     1 " in out
     cv2 = pytest.importorskip("cv2")
     image = np.random.default_rng(1).integers(0, 255, (40, 50, 3), dtype=np.uint8)
     cv2.imwrite(str(tmp_path / "x.png"), image)
@@ -104,7 +110,7 @@ def test_usage_errors_exit_with_2(tmp_path, capsys):
 def test_bad_npy_input_is_a_one_line_error(tmp_path, capsys):
     np.save(tmp_path / "s.npy", np.array(["a", "b"]))
     assert main(["run", "--input", str(tmp_path / "s.npy")]) == 1
-    assert "not a numeric .npy array" in capsys.readouterr().err
+    assert "expected an array of real numbers" in capsys.readouterr().err
 
 
 def test_compare_on_a_model_opencv_cannot_run_is_a_one_line_error(tmp_path, capsys):

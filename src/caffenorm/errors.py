@@ -29,7 +29,14 @@ __all__ = [
     "PrototxtSyntaxError",
     "SolverError",
     "UnsupportedLayerError",
+    "format_count",
+    "format_shape",
+    "summarize",
 ]
+
+# Longest ``str(err)``: a message that lists a whole net (every layer of a mismatched caffemodel,
+# a 5000-digit number from a fuzzed file) would bury its point; the tail is cut with a count.
+MAX_MESSAGE_CHARS = 1000
 
 E = TypeVar("E", bound="CaffeNormError")
 
@@ -77,14 +84,14 @@ class CaffeNormError(Exception):
 
     def __str__(self) -> str:
         if self.location is None:
-            return self.message
+            return _cap(self.message)
         message = self.message
         # A message from a layer module starts with its type ("LRN: ..."), which the location
         # already names.
         if self.location.type and message.startswith(f"{self.location.type}: "):
             message = message[len(self.location.type) + 2 :]
         where = str(self.location)
-        return f"{where}: {message}" if where else message
+        return _cap(f"{where}: {message}" if where else message)
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return _rebuild, (type(self), self.message, self.location)
@@ -92,6 +99,47 @@ class CaffeNormError(Exception):
 
 def _rebuild(cls: type[CaffeNormError], message: str, location: Location | None) -> CaffeNormError:
     return cls(message, location=location)
+
+
+def _cap(text: str) -> str:
+    """``text`` cut to :data:`MAX_MESSAGE_CHARS`, saying how much was left out."""
+    if len(text) <= MAX_MESSAGE_CHARS:
+        return text
+    keep = MAX_MESSAGE_CHARS - 40
+    return f"{text[:keep]}... ({len(text) - keep:,} more characters)"
+
+
+def format_count(n: int) -> str:
+    """A count (elements, bytes) for a message, never a gigantic digit string: ``1,234,567``,
+    ``1.23e+40`` beyond 10**15, ``more than 2**4000`` beyond float range (Python refuses to print
+    ints of more than 4300 digits, and nobody reads them)."""
+    n = int(n)
+    if abs(n) < 10**15:
+        return f"{n:,}"
+    if n.bit_length() < 1000:
+        return f"{float(n):.3g}"
+    return f"{'-' if n < 0 else ''}more than 2**{n.bit_length() - 1}"
+
+
+def format_shape(shape: object, max_axes: int = 8) -> str:
+    """A shape for a message: ``(1, 3, 224, 224)``; huge dimensions through :func:`format_count`,
+    more than ``max_axes`` axes shortened to the first and last ones and the axis count."""
+    try:
+        dims = [d if d is None else int(d) for d in shape]  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        return repr(shape)[:200]
+    text = ["?" if d is None else (str(d) if abs(d) < 10**15 else format_count(d)) for d in dims]
+    if len(text) > max_axes:
+        return f"({', '.join(text[: max_axes - 2])}, ..., {text[-1]}; {len(text)} axes)"
+    return f"({text[0]},)" if len(text) == 1 else f"({', '.join(text)})"
+
+
+def summarize(items: object, first: int = 5) -> str:
+    """``a, b, c`` -- or the ``first`` ones and how many more: ``a, b, c, d, e and 155 more``."""
+    names = [str(item) for item in items]  # type: ignore[attr-defined]
+    if len(names) <= first:
+        return ", ".join(names)
+    return f"{', '.join(names[:first])} and {len(names) - first:,} more"
 
 
 class LayerConfigError(CaffeNormError, ValueError):

@@ -35,6 +35,8 @@ label, an Accuracy layer with ``include { phase: TEST }``, SoftmaxWithLoss) and
 
 from __future__ import annotations
 
+import warnings
+
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -418,7 +420,9 @@ def write(name: str, directory: Path) -> tuple[Path, Path, np.ndarray]:
     directory = Path(directory)
     source = directory / f"{name}.source.prototxt"
     source.write_text(spec.prototxt())
-    net = caffenorm.load(source, seed=spec.seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # empty BatchNorm statistics: randomise fills them next
+        net = caffenorm.load(source, seed=spec.seed)
     randomise(net, example_input(name, batch=4, seed=spec.seed + 100), seed=spec.seed)
     proto, model = directory / f"{name}.prototxt", directory / f"{name}.caffemodel"
     net.save(proto, model)

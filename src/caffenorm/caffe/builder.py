@@ -22,13 +22,14 @@ from caffenorm.caffe import io
 from caffenorm.caffe import layers as _layers  # noqa: F401 - registers the layer families
 from caffenorm.caffe.graph import Graph, Node
 from caffenorm.caffe.layers.input import InputLayer
+from caffenorm.caffe.memory import ENV_VAR, Budget, MemoryLimit, format_bytes
 from caffenorm.caffe.registry import BuildContext, get_converter
 from caffenorm.caffe.spec import LayerSpec, layer_specs, parse_phase
 from caffenorm.caffe.upgrade import upgrade_net
-from caffenorm.errors import CaffeNormError, Location, NetDefinitionError
+from caffenorm.errors import CaffeNormError, Location, NetDefinitionError, format_shape
 from caffenorm.nn._base import CaffeLayer, Shape
 
-__all__ = ["Built", "build_graph", "read_net", "select_layers", "set_blob", "share_params"]
+__all__ = ["Built", "build_graph", "module_key", "read_net", "select_layers", "set_blob", "share_params"]
 
 PathLike = str | os.PathLike[str]
 
@@ -110,16 +111,31 @@ def _top_shapes(spec: LayerSpec, module: CaffeLayer, shapes: list[Shape | None])
         tops = module.output_shapes(*shapes)  # type: ignore[arg-type]
     except CaffeNormError as err:
         raise err.at(spec.location) from None
-    except (RuntimeError, ValueError, TypeError, IndexError, NotImplementedError) as err:
-        raise NetDefinitionError(f"does not fit bottoms of shapes {shapes}: {err}", location=spec.location) from None
+    except (RuntimeError, ValueError, TypeError, IndexError, NotImplementedError, ArithmeticError) as err:
+        listed = ", ".join(format_shape(s) for s in shapes)  # type: ignore[arg-type]
+        raise NetDefinitionError(f"does not fit bottoms of shapes {listed}: {err}", location=spec.location) from None
     if len(tops) != len(spec.tops):
         raise NetDefinitionError(f"produces {len(tops)} outputs for {len(spec.tops)} tops", location=spec.location)
     return tops
 
 
+# Attributes of the ModuleDict holding the layers: a layer named like one of them ("type",
+# "training", "forward", "_modules", ...) cannot be a key of it as such.
+_MODULE_DICT_PROBE = nn.ModuleDict()
+
+
 def module_key(name: str) -> str:
-    """The key of a layer's module in ``Net.layers`` ('.' is not allowed in module names)."""
-    return name.replace(".", "/")
+    """The key of a layer's module in ``Net.layers`` (and, after ``layers.``, in the state dict).
+
+    Any Caffe layer name is allowed; an ordinary name is its own key.  A name that cannot be a
+    module name as such -- empty, containing '.' or '%', or the name of an ``nn.Module``
+    attribute (``type``, ``training``, ``forward``, ``_modules``, ...) -- is escaped: '%' then the
+    name with '%' written ``%25`` and '.' written ``%2E`` (``"conv1.bn"`` -> ``"%conv1%2Ebn"``,
+    ``"type"`` -> ``"%type"``).  The mapping is one-to-one, so distinct layers never share a key.
+    """
+    if name and "." not in name and "%" not in name and not hasattr(_MODULE_DICT_PROBE, name):
+        return name
+    return "%" + name.replace("%", "%25").replace(".", "%2E")
 
 
 def build_graph(
@@ -131,6 +147,7 @@ def build_graph(
     seed: int = 0,
     defer_fillers: bool = False,
     source: str = "<net>",
+    memory_limit: MemoryLimit = None,
 ) -> Built:
     """Build every layer of ``specs`` and infer every blob's shape.
 
@@ -142,8 +159,12 @@ def build_graph(
         seed: seed of the fillers.
         defer_fillers: record the fillers instead of running them (weights come from a caffemodel).
         source: the prototxt's path, for messages.
+        memory_limit: the memory budget (see :mod:`caffenorm.caffe.memory`): parameters plus every
+            blob at the declared input shapes must fit, or a :class:`NetDefinitionError` is raised
+            before the layer that would pass it allocates anything.
     """
     phase = parse_phase(phase)
+    budget = Budget(memory_limit, torch.get_default_dtype().itemsize)
     overrides = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
     generator = torch.Generator().manual_seed(seed)
     shapes: dict[str, Shape | None] = {}
@@ -162,13 +183,29 @@ def build_graph(
             )
         keys[key] = spec
         bottom_shapes = [shapes[b] for b in spec.bottoms]
-        ctx = BuildContext(spec, bottom_shapes, phase, generator, [] if defer_fillers else None)
+        ctx = BuildContext(spec, bottom_shapes, phase, generator, [] if defer_fillers else None, budget)
+        params_before = budget.params
         try:
             module = get_converter(spec)(spec, ctx)
         except CaffeNormError as err:
             raise err.at(spec.location) from None
+        except (MemoryError, RuntimeError) as err:
+            # The budget passed but the allocator did not (memory taken since, overcommit limits):
+            # still a net too large for this machine, not a bug.
+            if not isinstance(err, MemoryError) and "allocate" not in str(err):
+                raise
+            raise NetDefinitionError(
+                f"cannot allocate its blobs: {(str(err).splitlines() or ['MemoryError'])[0][:200]}; the memory budget "
+                f"({format_bytes(budget.total)} so far) did not foresee it: lower memory_limit or "
+                f"{ENV_VAR} to keep room", location=spec.location
+            ) from None
         if not isinstance(module, CaffeLayer):
             raise TypeError(f"converter for {spec.type} returned {type(module).__name__}, not a CaffeLayer")
+        # The layer's real tensors replace what its converter declared (BatchNorm and Normalize
+        # declare nothing: their blobs are a few vectors of the bottom's channel count).
+        tensors = {id(t): t for t in (*module.parameters(), *module.buffers())}.values()
+        actual = sum(t.numel() * t.element_size() for t in tensors)
+        budget.adjust_params(actual - (budget.params - params_before))
         if ctx.deferred_fills:
             deferred[spec.name] = ctx.deferred_fills
         is_input = isinstance(module, InputLayer)
@@ -181,7 +218,8 @@ def build_graph(
             for top, declared in zip(spec.tops, module.shapes):
                 shape = overrides.pop(top, declared)
                 if shape is not None:
-                    ctx.check_elements(shape, f"input {top!r}")
+                    ctx.check_elements(shape, f"input {top!r}", blob=False)
+                    budget.add_activation(top, shape, f"input {top!r}", spec.location)
                 tops.append(shape)
             # The layers are built for these shapes: an Input layer saved later must declare them.
             module.shapes = list(tops)
@@ -189,7 +227,8 @@ def build_graph(
             tops = _top_shapes(spec, module, bottom_shapes)
             for top, shape in zip(spec.tops, tops):
                 if shape is not None and None not in shape:
-                    ctx.check_elements(shape, f"top {top!r}")  # type: ignore[arg-type]
+                    ctx.check_elements(shape, f"top {top!r}", blob=False)  # type: ignore[arg-type]
+                    budget.add_activation(top, shape, f"top {top!r}", spec.location)  # type: ignore[arg-type]
         for top, shape in zip(spec.tops, tops):
             shapes[top] = shape
             producer[top] = spec

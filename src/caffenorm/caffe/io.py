@@ -6,6 +6,7 @@ Nothing here executes anything from a model file: both formats are plain protobu
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -17,7 +18,15 @@ from google.protobuf import text_format
 from google.protobuf.message import DecodeError, Message
 
 from caffenorm.caffe import schema
-from caffenorm.errors import BlobError, CaffemodelError, Location, ModelFileError, PrototxtSyntaxError
+from caffenorm.errors import (
+    BlobError,
+    CaffemodelError,
+    Location,
+    ModelFileError,
+    PrototxtSyntaxError,
+    format_count,
+    format_shape,
+)
 
 __all__ = [
     "array_to_blob",
@@ -152,6 +161,12 @@ def iter_caffemodel_layers(path: PathLike) -> Iterator[Message]:
                     message = schema.message_class(_LAYER_FIELDS[field])()
                     try:
                         message.ParseFromString(f.read(length))
+                        _check_text(message)
+                    except UnicodeDecodeError:
+                        raise CaffemodelError(
+                            f"{p}: layer entry {count} is corrupted: a text field (name, type, bottom, ...) is not "
+                            "UTF-8"
+                        ) from None
                     except (DecodeError, RuntimeError, ValueError) as err:
                         raise CaffemodelError(f"{p}: layer entry {count} is corrupted: {err}") from None
                     count += 1
@@ -169,6 +184,24 @@ def iter_caffemodel_layers(path: PathLike) -> Iterator[Message]:
                 raise CaffemodelError(f"{p}: not a binary caffemodel ({hint})")
     if not count:
         raise CaffemodelError(f"{p}: holds no layers (empty, or not a caffemodel)")
+
+
+def _check_text(message: Message) -> None:
+    """Raise ``UnicodeDecodeError`` if a string field of ``message`` (at any depth) is not UTF-8:
+    protobuf parses proto2 strings without checking them and hands such a field out as ``bytes``,
+    which fails later, wherever it is used."""
+    for field, value in message.ListFields():
+        repeated = getattr(field, "is_repeated", None)  # protobuf >= 5; ``label`` before
+        if repeated is None:
+            repeated = field.label == field.LABEL_REPEATED
+        values = value if repeated else (value,)
+        if field.message_type is not None:
+            for sub in values:
+                _check_text(sub)
+        elif field.type == field.TYPE_STRING:
+            for text in values:
+                if isinstance(text, bytes):
+                    text.decode("utf-8")
 
 
 def write_prototxt(net: Message, path: PathLike) -> None:
@@ -193,17 +226,22 @@ def blob_to_array(blob: Message, where: str) -> np.ndarray:
     """
     shape = blob_shape(blob)
     if any(d < 0 for d in shape):
-        raise BlobError(f"{where}: negative dimension in blob shape {shape}")
-    count = int(np.prod(shape, dtype=np.int64))
+        raise BlobError(f"{where}: negative dimension in blob shape {format_shape(shape)}")
+    # A Python int: int64 dims can multiply past 2**63 (numpy's product would wrap around).
+    count = math.prod(shape)
+    held = len(blob.double_data) or len(blob.data)
+    if held != count:
+        raise BlobError(
+            f"{where}: blob shape {format_shape(shape)} needs {format_count(count)} values but the file holds "
+            f"{held:,} (truncated or corrupted caffemodel?)"
+        )
+    if count == 0 and any(d >= 2**31 for d in shape):
+        # An empty blob with absurd other dimensions: numpy cannot even describe it.
+        raise BlobError(f"{where}: blob shape {format_shape(shape)} has a dimension of 2**31 or more")
     if len(blob.double_data):
         data = np.array(blob.double_data, dtype=np.float64)
     else:
         data = np.array(blob.data, dtype=np.float32)
-    if data.size != count:
-        raise BlobError(
-            f"{where}: blob shape {shape} needs {count} values but the file holds {data.size} "
-            "(truncated or corrupted caffemodel?)"
-        )
     return data.reshape(shape)
 
 

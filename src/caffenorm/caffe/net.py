@@ -59,7 +59,9 @@ class Net(nn.Module):
     Attributes:
         graph: the :class:`~caffenorm.caffe.graph.Graph` the net runs (read-only; passes such as
             :meth:`fold` replace it).
-        layers: ``nn.ModuleDict`` of every layer's module ('.' in names becomes '/').
+        layers: ``nn.ModuleDict`` of every layer's module, keyed by layer name (a name that cannot
+            be a module name -- empty, with '.' or '%', or an ``nn.Module`` attribute such as
+            ``type`` -- is escaped, see :func:`caffenorm.caffe.builder.module_key`).
         precision: ``"highest"`` (default: on CUDA, convolutions and matrix products in full
             float32, as Caffe) or ``"tf32"`` (TF32 allowed: faster on Ampere+, ~1e-3 error).
         blobs: after an eager forward, every blob name -> the tensor Caffe would hold under it.
@@ -302,6 +304,7 @@ class Net(nn.Module):
         if is_tracing():
             blobs = self._run(self._plan, feeds, False)
             return {name: blobs[name] for name in self._outputs}
+        self._check_feed_shapes(feeds)
         record = self.record_layer_outputs
         self.layer_outputs = {}
         if self.precision == "highest" and self._on_cuda(feeds):
@@ -311,6 +314,55 @@ class Net(nn.Module):
             blobs = self._run_eager(self._record_plan if record else self._plan, feeds, record)
         self.blobs = blobs
         return {name: blobs[name] for name in self._outputs}
+
+    def _check_feed_shapes(self, feeds: Mapping[str, Tensor]) -> None:
+        """Check, before the first layer runs, that the inputs' shapes fit the net, and name the
+        declared shapes when they don't.
+
+        Like Caffe's ``Reshape``, any shape the layers accept is fine (another batch size, another
+        image size for a fully convolutional net); the shapes are propagated through every layer
+        on the meta device once per new combination of input shapes (then cached), so a wrong
+        input fails here with the net's declared input shape in the message, not deep inside at
+        a pooling layer.
+        """
+        key = tuple(tuple(t.shape) for t in feeds.values())
+        cache = self.__dict__.setdefault("_fitting_shapes", set())
+        if key in cache:
+            return
+        declared = self.input_shapes
+        if all(declared.get(n) is not None and tuple(declared[n]) == k for n, k in zip(feeds, key)):
+            return  # the shapes the net was built for: inferred layer by layer when it loaded
+
+        def fail(message: str, location: Location | None = None) -> InputShapeError:
+            if location is not None and location.type and message.startswith(f"{location.type}: "):
+                message = message[len(location.type) + 2 :]
+            given = ", ".join(f"{n!r} {tuple(t.shape)}" for n, t in feeds.items())
+            known = ", ".join(f"{n!r} {declared[n]}" for n in feeds if declared.get(n) is not None)
+            says = f"; the net declares {known}" if known else ""
+            return InputShapeError(f"the input shape(s) {given} do not fit this net{says}: {message}",
+                                   location=location)
+
+        for name, tensor in feeds.items():
+            want = declared.get(name)
+            if want is not None and len(want) != tensor.dim():
+                raise fail(f"{name!r} has {tensor.dim()} dimensions, the net expects {len(want)}")
+        shapes: dict[str, Shape | None] = {n: tuple(t.shape) for n, t in feeds.items()}
+        for step in self._plan:
+            bottoms = [shapes.get(b) for b in step.bottoms]
+            tops: Sequence[Shape | None] = [None] * len(step.tops)
+            if all(b is not None and None not in b for b in bottoms):
+                try:
+                    tops = step.call.output_shapes(*bottoms)
+                except CaffeNormError as err:
+                    raise fail(err.message, step.location) from None
+                except (RuntimeError, ValueError, IndexError, TypeError) as err:
+                    raise fail(str(err).split("\n")[0], step.location) from None
+                except NotImplementedError:
+                    pass  # no meta rule for this layer: its own forward checks the shapes
+            shapes.update(zip(step.tops, tops))
+        if len(cache) > 64:
+            cache.clear()
+        cache.add(key)
 
     @staticmethod
     def _on_cuda(feeds: Mapping[str, Tensor]) -> bool:
@@ -457,6 +509,7 @@ def load(
     precision: str = "highest",
     progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
     caffe_backward: bool = False,
+    memory_limit: float | str | None = None,
 ) -> Net:
     """Build a :class:`Net` from a prototxt and (optionally) a caffemodel.
 
@@ -492,6 +545,12 @@ def load(
             lr 0.001: convolution 4%, InnerProduct 0.6%.  Layers before the Normalize move most,
             as the difference is in the gradient it passes down.  With equal scales (constant 20)
             the two agree to rounding (1e-6 relative).
+        memory_limit: the memory the net may take, checked before anything is allocated: its
+            parameters plus every blob at the declared input shapes (an eager forward keeps them
+            all in ``net.blobs``).  Bytes, a size such as ``"8G"``, or ``math.inf`` / ``"off"``
+            for no check; None (default): ``$CAFFENORM_MEMORY_LIMIT`` (same forms) if set, else
+            the memory available now.  A net over it raises :class:`NetDefinitionError` naming
+            the blob that passed it (see :mod:`caffenorm.caffe.memory`).
 
     Shared parameters (``param { name: ... }`` on several layers) become one tensor and a blob
     with ``lr_mult: 0`` is loaded with ``requires_grad=False``, as Caffe builds its nets (see
@@ -504,14 +563,38 @@ def load(
         return load_parsed(
             net_param, [], source, caffemodel, phase, input_shapes=input_shapes, level=level, stages=stages,
             strict=strict, seed=seed, fuse=fuse, fold=fold, outputs=outputs, precision=precision,
-            progress=progress, caffe_backward=caffe_backward,
+            progress=progress, caffe_backward=caffe_backward, memory_limit=memory_limit,
         )
     net_param, lines = io.read_prototxt(prototxt)
-    return load_parsed(
+    net = load_parsed(
         net_param, lines, str(prototxt), caffemodel, phase, input_shapes=input_shapes, level=level, stages=stages,
         strict=strict, seed=seed, fuse=fuse, fold=fold, outputs=outputs, precision=precision, progress=progress,
-        caffe_backward=caffe_backward,
+        caffe_backward=caffe_backward, memory_limit=memory_limit,
     )
+    if caffemodel is None:
+        _warn_empty_statistics(net, str(prototxt))
+    return net
+
+
+def _warn_empty_statistics(net: Net, source: str) -> None:
+    """Warn when BatchNorm layers will normalise with statistics nobody accumulated: a net loaded
+    without its caffemodel.  Caffe does the same (its blobs start at zero: mean 0, variance 0, so
+    ``x / sqrt(eps)``), but the outputs mean nothing, and a user reading NaN or huge values
+    should know why."""
+    from caffenorm.nn.batch_norm import BatchNorm
+
+    empty = [
+        part.name for node in net.graph.nodes for part in node.layers()
+        if isinstance(part.module, BatchNorm) and part.module.uses_global_stats()
+        and float(part.module.scale_factor.sum()) == 0
+    ]
+    if empty:
+        names = ", ".join(map(repr, empty[:3])) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
+        warnings.warn(
+            f"{source}: BatchNorm layer(s) {names} have no statistics (no caffemodel given): as in Caffe they "
+            "normalise with mean 0 and variance 0, so the outputs are meaningless; give the trained caffemodel",
+            stacklevel=3,
+        )
 
 
 def load_parsed(
@@ -532,6 +615,7 @@ def load_parsed(
     precision: str = "highest",
     progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
     caffe_backward: bool = False,
+    memory_limit: float | str | None = None,
 ) -> Net:
     """:func:`load` for a ``NetParameter`` already parsed (upgraded in place): ``lines`` are the
     prototxt lines of its top-level layers (may be empty), ``source`` names it in messages (the
@@ -546,6 +630,7 @@ def load_parsed(
         seed=seed,
         defer_fillers=caffemodel is not None,
         source=source,
+        memory_limit=memory_limit,
     )
     net = Net(built.graph, precision=precision)
     net._deferred_fills = built.deferred_fills

@@ -27,8 +27,16 @@ from google.protobuf.message import Message
 from torch import Tensor
 
 from caffenorm.caffe.fillers import check_filler, fill
+from caffenorm.caffe.memory import Budget
 from caffenorm.caffe.spec import LayerSpec
-from caffenorm.errors import CaffeNormError, LayerConfigError, NetDefinitionError, UnsupportedLayerError
+from caffenorm.errors import (
+    CaffeNormError,
+    LayerConfigError,
+    NetDefinitionError,
+    UnsupportedLayerError,
+    format_count,
+    format_shape,
+)
 from caffenorm.nn._base import CaffeLayer
 
 __all__ = [
@@ -62,6 +70,8 @@ class BuildContext:
     generator: torch.Generator = field(default_factory=torch.Generator)
     # When set, fills are recorded here instead of run (weights will come from a caffemodel).
     deferred_fills: list[tuple[Tensor, Message]] | None = None
+    # The net's memory budget: blobs checked with check_elements are counted before allocation.
+    budget: Budget | None = None
 
     def error(self, message: str, cls: type[CaffeNormError] = NetDefinitionError) -> CaffeNormError:
         return cls(message, location=self.layer.location)
@@ -88,24 +98,29 @@ class BuildContext:
             allowed = " or ".join(map(str, counts))
             raise self.error(f"has {len(self.layer.tops)} tops, Caffe's {self.layer.type} takes {allowed}")
 
-    def check_elements(self, shape: Sequence[int], what: str) -> None:
-        """Refuse absurd sizes before allocating."""
+    def check_elements(self, shape: Sequence[int], what: str, *, blob: bool = True) -> None:
+        """Refuse absurd sizes before allocating: a negative dimension, more than
+        :data:`MAX_ELEMENTS` elements, or (for a parameter blob, ``blob=True``) a net that would no
+        longer fit the memory budget.  Counts are Python ints (no overflow, whatever the dims)."""
         if any(int(d) < 0 for d in shape):
-            raise self.error(f"{what} of shape {tuple(shape)} has a negative dimension")
+            raise self.error(f"{what} of shape {format_shape(shape)} has a negative dimension")
         count = math.prod(int(d) for d in shape)
         if count > MAX_ELEMENTS:
             raise self.error(
-                f"{what} of shape {tuple(shape)} has {count:,} elements (limit {MAX_ELEMENTS:,}); "
-                "check the prototxt's sizes"
+                f"{what} of shape {format_shape(shape)} has {format_count(count)} elements (limit "
+                f"{MAX_ELEMENTS:,}); check the prototxt's sizes"
             )
+        if blob and self.budget is not None:
+            self.budget.add_params(shape, f"{what} of layer {self.layer.name!r}", self.layer.location)
 
     def fill(self, tensor: Tensor, filler: Message | None) -> None:
         """Initialise ``tensor`` in place from a Caffe ``FillerParameter`` (as Caffe would on setup)."""
         if filler is None:
             return
         try:
+            # Checked now, as Caffe checks at set-up, even if a caffemodel will replace the values.
+            check_filler(filler, tuple(tensor.shape))
             if self.deferred_fills is not None:
-                check_filler(filler)
                 self.deferred_fills.append((tensor, filler))
             else:
                 fill(tensor, filler, self.generator)

@@ -17,7 +17,7 @@ from caffenorm.caffe import io
 from caffenorm.caffe.fillers import fill
 from caffenorm.caffe.graph import Graph
 from caffenorm.caffe.upgrade import upgrade_layer
-from caffenorm.errors import BlobError, CaffemodelError, Location
+from caffenorm.errors import BlobError, CaffemodelError, Location, summarize
 
 __all__ = ["load_weights", "run_fills"]
 
@@ -76,9 +76,19 @@ def load_weights(
     missing = [name for name, node in layers.items() if node.module.caffe_blobs() and name not in loaded]
     if fills is not None:
         run_fills(graph, missing, fills, generator or torch.Generator())
+    if missing and unused and not loaded:
+        # Not a few renamed layers: nothing matches, so the two files do not belong together.
+        message = (
+            f"none of the {len(unused)} weighted layers of {path} ({summarize(unused, 3)}) match a layer of "
+            f"{graph.source} (which needs weights for {summarize(missing, 3)}): is it the right caffemodel?"
+        )
+        if strict:
+            raise CaffemodelError(message)
+        warnings.warn(f"{message} All layers keep the prototxt's fillers.", stacklevel=3)
+        return unused
     if missing:
         message = (
-            f"has no weights for {len(missing)} layer(s) that need them: {', '.join(missing)} "
+            f"has no weights for {len(missing)} layer(s) that need them: {summarize(missing)} "
             "(was it trained with a different prototxt?)"
         )
         if strict:
@@ -86,7 +96,8 @@ def load_weights(
         warnings.warn(f"{path}: {message}; they keep the prototxt's fillers", stacklevel=3)
     if unused:
         warnings.warn(
-            f"{path}: weights of {len(unused)} layer(s) match no layer of this net and are unused: {', '.join(unused)}",
+            f"{path}: weights of {len(unused)} layer(s) match no layer of this net and are unused: {summarize(unused)} "
+            "(net.unused_weights lists them all)",
             stacklevel=3,
         )
     return unused

@@ -12,10 +12,25 @@ from torch import Tensor, nn
 
 from caffenorm.errors import BlobError, LayerConfigError
 
-__all__ = ["CaffeLayer", "Shape", "as_shape"]
+__all__ = ["CaffeLayer", "Shape", "as_shape", "setting_repr"]
 
 # A blob shape; a dimension is None where it depends on the data (DetectionOutput's row count).
 Shape = tuple[int | None, ...]
+
+
+def setting_repr(value: Any) -> str:
+    """``repr`` of a layer setting, a float read from a prototxt shown as written there.
+
+    Caffe's float fields are float32: ``0.999`` is read as 0.9990000128746033.  A float that is
+    exactly a float32 is shown as the shortest decimal that rounds to that float32 (``0.999``);
+    any other value (set from Python in float64) keeps its full ``repr``.
+    """
+    if isinstance(value, float) and np.isfinite(value) and float(np.float32(value)) == value:
+        return repr(float(str(np.float32(value))))
+    if isinstance(value, (list, tuple)):
+        inner = ", ".join(setting_repr(v) for v in value)
+        return f"[{inner}]" if isinstance(value, list) else f"({inner}{',' if len(value) == 1 else ''})"
+    return repr(value)
 
 
 def as_shape(layer: str, param: str, shape: int | Sequence[int]) -> tuple[int, ...]:
@@ -61,7 +76,7 @@ class CaffeLayer(nn.Module):
         return {}
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.caffe_settings().items())
+        return ", ".join(f"{k}={setting_repr(v)}" for k, v in self.caffe_settings().items())
 
     def output_shapes(self, *shapes: Sequence[int]) -> list[Shape]:
         """The shapes of the layer's tops for bottoms of ``shapes``.
@@ -78,13 +93,18 @@ class CaffeLayer(nn.Module):
     def meta_output_shapes(self, *shapes: Sequence[int]) -> list[Shape]:
         """The shapes of the layer's tops found by running its forward on the meta device (its
         checks included; nothing is allocated, the layer's own tensors are not touched)."""
+        # Through a wrapper that calls ``forward`` itself: a user's hooks on the layer must not
+        # see meta tensors (the Net checks new input shapes this way before running).
+        wrapper = _Forward(self)
         state = {
             name: torch.empty(t.shape, dtype=t.dtype, device="meta")
-            for name, t in (*self.named_parameters(), *self.named_buffers())
+            for name, t in (*wrapper.named_parameters(), *wrapper.named_buffers())
         }
-        args = tuple(torch.empty(tuple(s), device="meta") for s in shapes)
+        # Bottoms in the layer's own floating dtype (a float64 net's convolution refuses float32).
+        dtype = next((t.dtype for t in self.parameters() if t.is_floating_point()), torch.get_default_dtype())
+        args = tuple(torch.empty(tuple(s), device="meta", dtype=dtype) for s in shapes)
         with torch.no_grad():
-            out = torch.func.functional_call(self, state, args)
+            out = torch.func.functional_call(wrapper, state, args)
         outs = out if isinstance(out, tuple) else (out,)
         return [tuple(o.shape) for o in outs]
 
@@ -124,3 +144,14 @@ class CaffeLayer(nn.Module):
         # Copy only after every blob passed, so a bad list leaves the layer unchanged.
         for target, arr in zip(own, arrays):
             target.copy_(torch.as_tensor(np.array(arr), dtype=target.dtype))
+
+
+class _Forward(nn.Module):
+    """Calls ``layer.forward`` directly (no hooks), for :meth:`CaffeLayer.meta_output_shapes`."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, *args: Tensor) -> Any:
+        return self.layer.forward(*args)

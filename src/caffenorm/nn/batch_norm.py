@@ -13,7 +13,7 @@ from caffenorm._tracing import is_fx_proxy, is_tracing
 from caffenorm.errors import LayerConfigError
 from caffenorm.functional._checks import check_real, compute_dtype
 from caffenorm.functional.batch_norm import batch_norm, global_stats
-from caffenorm.nn._base import CaffeLayer
+from caffenorm.nn._base import CaffeLayer, setting_repr
 from caffenorm.nn.scale import Scale
 
 __all__ = ["BatchNorm", "BatchNormScale"]
@@ -175,7 +175,7 @@ class BatchNorm(CaffeLayer):
     def extra_repr(self) -> str:
         return (
             f"{self.channels}, use_global_stats={self.use_global_stats}, "
-            f"moving_average_fraction={self.moving_average_fraction}, eps={self.eps}"
+            f"moving_average_fraction={setting_repr(self.moving_average_fraction)}, eps={setting_repr(self.eps)}"
         )
 
 

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from caffenorm.functional._checks import check_real
 from caffenorm.functional.lrn import NormRegion, check_local_size, lrn, parse_norm_region
-from caffenorm.nn._base import CaffeLayer
+from caffenorm.nn._base import CaffeLayer, setting_repr
 
 __all__ = ["LRN"]
 
@@ -85,6 +85,7 @@ class LRN(CaffeLayer):
 
     def extra_repr(self) -> str:
         return (
-            f"local_size={self.local_size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, "
+            f"local_size={self.local_size}, alpha={setting_repr(self.alpha)}, beta={setting_repr(self.beta)}, "
+            f"k={setting_repr(self.k)}, "
             f"norm_region={self.norm_region.name}"
         )

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from caffenorm.errors import LayerConfigError
 from caffenorm.functional._checks import check_real
 from caffenorm.functional.normalize import normalize
-from caffenorm.nn._base import CaffeLayer
+from caffenorm.nn._base import CaffeLayer, setting_repr
 
 __all__ = ["Normalize"]
 
@@ -89,5 +89,5 @@ class Normalize(CaffeLayer):
     def extra_repr(self) -> str:
         return (
             f"{self.channels}, across_spatial={self.across_spatial}, channel_shared={self.channel_shared}, "
-            f"eps={self.eps}, caffe_backward={self.caffe_backward}"
+            f"eps={setting_repr(self.eps)}, caffe_backward={self.caffe_backward}"
         )

@@ -34,7 +34,7 @@ from caffenorm.caffe.ops.detection import (
 from caffenorm.caffe.registry import BuildContext, register_layer, register_writer, write_fields
 from caffenorm.caffe.spec import LayerSpec
 from caffenorm.errors import LayerConfigError
-from caffenorm.nn._base import CaffeLayer, Shape
+from caffenorm.nn._base import CaffeLayer, Shape, setting_repr
 
 __all__ = [
     "DetectionOutput",
@@ -132,10 +132,11 @@ class PriorBox(CaffeLayer):
         return prior_box_op(feature, image, **self._settings(), img_h=img_h, img_w=img_w)
 
     def extra_repr(self) -> str:
-        s = f"min_sizes={self.min_sizes}, max_sizes={self.max_sizes}, aspect_ratios={self.aspect_ratios}"
-        s += f", flip={self.flip}, clip={self.clip}, variances={self.variances}, offset={self.offset}"
+        r = setting_repr
+        s = f"min_sizes={r(self.min_sizes)}, max_sizes={r(self.max_sizes)}, aspect_ratios={r(self.aspect_ratios)}"
+        s += f", flip={self.flip}, clip={self.clip}, variances={r(self.variances)}, offset={r(self.offset)}"
         if self.step_h or self.step_w:
-            s += f", step_h={self.step_h}, step_w={self.step_w}"
+            s += f", step_h={r(self.step_h)}, step_w={r(self.step_w)}"
         if self.img_hw:
             s += f", img_hw={self.img_hw}"
         return s
@@ -302,7 +303,7 @@ class DetectionOutput(CaffeLayer):
         return detection_output_op(loc, conf, prior, **self.settings())
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
+        return ", ".join(f"{k}={setting_repr(v)}" for k, v in self.settings().items())
 
 
 def resolve_detection_output_param(param: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from caffenorm.caffe.registry import BuildContext, register_layer, register_writ
 from caffenorm.caffe.spec import LayerSpec
 from caffenorm.errors import InputShapeError, LayerConfigError, NetDefinitionError
 from caffenorm.functional._checks import check_real
-from caffenorm.nn._base import CaffeLayer
+from caffenorm.nn._base import CaffeLayer, setting_repr
 
 __all__ = ["Eltwise", "convert_eltwise", "write_eltwise"]
 
@@ -99,7 +99,7 @@ class Eltwise(CaffeLayer):
         return {"operation": self.operation, "coeff": list(self.coeff), "stable_prod_grad": self.stable_prod_grad}
 
     def extra_repr(self) -> str:
-        return f"operation={self.operation!r}, coeff={list(self.coeff)}, stable_prod_grad={self.stable_prod_grad}"
+        return f"operation={self.operation!r}, coeff={setting_repr(list(self.coeff))}, stable_prod_grad={self.stable_prod_grad}"
 
 
 @register_layer("Eltwise")

@@ -267,6 +267,11 @@ def convert_pooling(layer: LayerSpec, ctx: BuildContext) -> Pooling:
             f"has {len(layer.tops)} tops; Caffe's Pooling with pool: {r['method']} takes "
             + ("1, or 2 (the second is the MAX mask)" if max_tops == 2 else "exactly 1 (only MAX has a mask top)")
         )
+    if ctx.budget is not None and input_hw is not None and not r["global_pooling"]:
+        # The forward pads the bottom explicitly up to the last window (at most size + 2*pad +
+        # kernel - 1 per axis): with a huge kernel and pad that copy dwarfs the blobs.
+        padded = [n + 2 * q + k - 1 for n, q, k in zip(input_hw, r["pad_hw"], r["kernel_hw"])]
+        ctx.budget.check_transient((*shape[:2], *padded), "its padded bottom", layer.location)  # type: ignore[index]
     return Pooling(
         r["method"],
         None if r["global_pooling"] else r["kernel_hw"],

@@ -22,7 +22,7 @@ from torch import Tensor
 from caffenorm.caffe.layers._fields import param_of
 from caffenorm.caffe.registry import BuildContext, register_layer, register_writer, write_fields
 from caffenorm.caffe.spec import LayerSpec
-from caffenorm.errors import InputShapeError, LayerConfigError
+from caffenorm.errors import InputShapeError, LayerConfigError, format_count, format_shape
 from caffenorm.functional._checks import canonical_axis
 from caffenorm.nn._base import CaffeLayer
 
@@ -298,14 +298,16 @@ class Reshape(CaffeLayer):
             known = math.prod(top[:where]) * math.prod(top[where + 1 :])
             if known == 0 or count % known:
                 raise InputShapeError(
-                    f"Reshape: cannot infer the -1 in shape={list(self.shape)} for the input {bottom}: its "
-                    f"{count} elements are not a multiple of the other dims' product {known}"
+                    f"Reshape: cannot infer the -1 in shape={format_shape(self.shape)} for the input {bottom}: its "
+                    f"{format_count(count)} elements are not a multiple of the other dims' product "
+                    f"{format_count(known)}"
                 )
             top[where] = count // known
         if math.prod(top) != count:
             raise InputShapeError(
-                f"Reshape: shape={list(self.shape)} (axis={self.axis}, num_axes={self.num_axes}) gives "
-                f"{tuple(top)} with {math.prod(top)} elements, but the input {bottom} has {count}"
+                f"Reshape: shape={format_shape(self.shape)} (axis={self.axis}, num_axes={self.num_axes}) gives "
+                f"{format_shape(top)} with {format_count(math.prod(top))} elements, but the input {bottom} has "
+                f"{format_count(count)}"
             )
         return tuple(top)
 
