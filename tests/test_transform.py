@@ -340,16 +340,18 @@ def test_ssd_fields(tmp_path):
 
 
 def test_cli_image_input_is_the_transform(tmp_path, bgr):
-    from caffenorm.cli import _read_input
+    from argparse import Namespace
+
+    from caffenorm.cli.run import _image_feed
 
     cv2.imwrite(str(tmp_path / "x.png"), bgr)
-    out = _read_input(tmp_path / "x.png", (1, 3, 4, 5), [104, 117, 123], 0.5)
+    out = _image_feed("data", [tmp_path / "x.png"], (1, 3, 4, 5), Namespace(mean=[104, 117, 123], scale=0.5)).array
     assert out.shape == (1, 3, 4, 5)
     close(out[0], reference(bgr, size=(4, 5), mean=(104, 117, 123), scale=0.5))
 
 
 def test_cli_bad_mean_is_a_one_line_error(tmp_path, bgr, capsys):
     cv2.imwrite(str(tmp_path / "x.png"), bgr)
-    assert main(["run", "--input", str(tmp_path / "x.png"), "--mean", "1,2"]) == 1
+    assert main(["run", "--input", str(tmp_path / "x.png"), "--mean", "1,2"]) == 2
     err = capsys.readouterr().err
-    assert "mean has 2 values for an image with 3 channel" in err and "Traceback" not in err
+    assert "--mean has 2 values; input 'data' has 3 channel(s)" in err and "Traceback" not in err

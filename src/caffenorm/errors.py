@@ -102,11 +102,12 @@ def _rebuild(cls: type[CaffeNormError], message: str, location: Location | None)
 
 
 def _cap(text: str) -> str:
-    """``text`` cut to :data:`MAX_MESSAGE_CHARS`, saying how much was left out."""
+    """``text`` cut to :data:`MAX_MESSAGE_CHARS`, saying how much was left out.  The middle goes:
+    a message starts with what is wrong and ends with the fix, and both must stay."""
     if len(text) <= MAX_MESSAGE_CHARS:
         return text
-    keep = MAX_MESSAGE_CHARS - 40
-    return f"{text[:keep]}... ({len(text) - keep:,} more characters)"
+    head, tail = MAX_MESSAGE_CHARS * 6 // 10, MAX_MESSAGE_CHARS * 3 // 10
+    return f"{text[:head]} ... ({len(text) - head - tail:,} characters left out) ... {text[-tail:]}"
 
 
 def format_count(n: int) -> str:
