@@ -31,7 +31,7 @@ from caffenorm.caffe.builder import build_graph, module_key, read_net, select_la
 from caffenorm.caffe.graph import Graph, Node
 from caffenorm.caffe.spec import LayerSpec, parse_phase
 from caffenorm.caffe.weights import load_weights
-from caffenorm.errors import CaffeNormError, InputShapeError, Location, NetDefinitionError
+from caffenorm.errors import CaffeNormError, InputShapeError, Location, NetDefinitionError, summarize
 from caffenorm.nn._base import CaffeLayer, Shape
 from caffenorm.nn.normalize import Normalize
 from caffenorm.precision import check_precision, full_float32
@@ -331,7 +331,8 @@ class Net(nn.Module):
             return
         declared = self.input_shapes
         if all(declared.get(n) is not None and tuple(declared[n]) == k for n, k in zip(feeds, key)):
-            return  # the shapes the net was built for: inferred layer by layer when it loaded
+            cache.add(key)  # the shapes the net was built for: inferred layer by layer when it loaded
+            return
 
         def fail(message: str, location: Location | None = None) -> InputShapeError:
             if location is not None and location.type and message.startswith(f"{location.type}: "):
@@ -589,7 +590,7 @@ def _warn_empty_statistics(net: Net, source: str) -> None:
         and float(part.module.scale_factor.sum()) == 0
     ]
     if empty:
-        names = ", ".join(map(repr, empty[:3])) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
+        names = summarize(map(repr, empty), first=3)
         warnings.warn(
             f"{source}: BatchNorm layer(s) {names} have no statistics (no caffemodel given): as in Caffe they "
             "normalise with mean 0 and variance 0, so the outputs are meaningless; give the trained caffemodel",

@@ -153,9 +153,3 @@ def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     return "\n".join(lines)
-
-
-def names_summary(names: Sequence[str], first: int = 5) -> str:
-    """``'a', 'b', 'c' and 12 more``: long lists of names stay one readable line."""
-    shown = ", ".join(repr(n) for n in names[:first])
-    return shown + (f" and {len(names) - first} more" if len(names) > first else "")

@@ -7,7 +7,8 @@ from typing import Any
 
 from torch import nn
 
-from caffenorm.cli._common import load_net, model_args, names_summary, say, shape_text, table
+from caffenorm.cli._common import load_net, model_args, say, shape_text, table
+from caffenorm.errors import summarize
 
 __all__ = ["cmd_info"]
 
@@ -59,5 +60,5 @@ def cmd_info(args: argparse.Namespace) -> int:
     say(f"\n{len(rows)} layers, {total[0]:,} learnable parameters{stats}; inputs {net.inputs}, "
         f"outputs {net.outputs}; phase {net.phase}")
     if net.unused_weights:
-        say(f"caffemodel layers matching no layer ({len(net.unused_weights)}): {names_summary(net.unused_weights)}")
+        say(f"caffemodel layers matching no layer ({len(net.unused_weights)}): {summarize(map(repr, net.unused_weights))}")
     return 0

@@ -180,12 +180,7 @@ def _feeds(net: Any, args: argparse.Namespace) -> list[Feed]:
 
 def _kind(net: Any, name: str, value: np.ndarray) -> str:
     """"detections" (a DetectionOutput top), "classes" (N x C scores) or "blob"."""
-    try:
-        node, _ = net.graph.last_write(name)
-        layer_type = net.graph.nodes[node].type
-    except KeyError:
-        layer_type = ""
-    if layer_type == "DetectionOutput":
+    if _node_type(net, name) == "DetectionOutput":
         return "detections"
     if value.ndim >= 2 and value.shape[0] >= 1 and value.shape[1] > 1 and all(d == 1 for d in value.shape[2:]):
         return "classes"
@@ -297,6 +292,7 @@ def _check_options(net: Any, args: argparse.Namespace, feeds: list[Feed]) -> Non
 
 
 def _node_type(net: Any, blob: str) -> str:
+    """The type of the layer that last writes ``blob`` ("" for an input)."""
     try:
         return str(net.graph.nodes[net.graph.last_write(blob)[0]].type)
     except KeyError:
