@@ -21,6 +21,7 @@ import resource
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +147,9 @@ def _chain_net(directory: Path) -> Any:
         bottom = f"c{i}"
     path = directory / "chain.prototxt"
     path.write_text("\n".join(lines))
-    net = caffenorm.load(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # empty BatchNorm statistics: set to unit ones next
+        net = caffenorm.load(path)
     for name, blobs in net.params.items():
         if len(blobs) == 3:  # BatchNorm: unit statistics
             net.layer(name).load_caffe_blobs([np.zeros(8), np.ones(8), [1.0]])
