@@ -723,3 +723,81 @@ def test_detection_output_matches_opencv(tmp_path, text, seed, batch):
     ours, theirs = by_image_and_score(ours), by_image_and_score(theirs)
     np.testing.assert_array_equal(ours[:, :2], theirs[:, :2])
     np.testing.assert_allclose(ours[:, 2:], theirs[:, 2:], rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------
+# The batched DetectionOutput against the per-image one it replaced (bit for bit)
+# ---------------------------------------------------------------------------------------
+
+from detection_per_image import detection_output_per_image  # noqa: E402
+
+import caffenorm.caffe.ops.detection as detection_ops  # noqa: E402
+
+BATCHED_SETTINGS = [
+    *DETECTION_SETTINGS,
+    dict(confidence_threshold=0.01, nms_threshold=0.45, top_k=400, keep_top_k=200),  # res10's
+    dict(nms_threshold=0.3),  # no threshold, no top_k: every prior is a candidate
+    dict(confidence_threshold=0.1, eta=0.7, nms_threshold=0.95, keep_top_k=5),
+    dict(share_location=False, confidence_threshold=0.05, eta=0.8, nms_threshold=0.9, top_k=7),
+    dict(confidence_threshold=0.2, nms_threshold=0.0, keep_top_k=4),
+]
+
+
+def _batched_case(seed: int, n: int, num_classes: int, ties: bool, nonfinite: bool, share: bool):
+    rng = np.random.default_rng(seed)
+    prior = ref_prior_box((5, 6), (60, 80), [16], [32], [2, 3], clip=True, variances=[0.1, 0.1, 0.2, 0.2])
+    num_priors = prior.shape[2] // 4
+    loc, conf = random_inputs(rng, n, num_priors, num_classes, share, 0.5)
+    if ties:
+        conf = np.round(conf * 8) / 8  # many equal scores: order and keep_top_k cuts by index
+    if nonfinite:
+        loc.reshape(-1)[rng.choice(loc.size, 12, replace=False)] = [np.nan, np.inf, -np.inf] * 4
+        conf.reshape(-1)[rng.choice(conf.size, 6, replace=False)] = [np.nan, np.inf, -np.inf] * 2
+    return torch.from_numpy(loc), torch.from_numpy(conf), torch.from_numpy(prior.astype(np.float32))
+
+
+@pytest.mark.parametrize("settings", BATCHED_SETTINGS)
+@pytest.mark.parametrize(("seed", "n", "num_classes", "ties", "nonfinite"),
+                         [(0, 1, 2, False, False), (1, 3, 4, False, False), (2, 4, 5, True, False),
+                          (3, 2, 4, False, True)])
+def test_batched_detection_output_equals_the_per_image_one(settings, seed, n, num_classes, ties, nonfinite):
+    loc, conf, prior = _batched_case(seed, n, num_classes, ties, nonfinite, settings.get("share_location", True))
+    got = detection_output(loc, conf, prior, num_classes=num_classes, **settings)
+    want = detection_output_per_image(loc, conf, prior, num_classes=num_classes, **settings)
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+@pytest.mark.parametrize("rounds", [0, 1, 8])
+@pytest.mark.parametrize("matrix", [1 << 20, 64, 1])
+def test_batched_nms_paths_agree(monkeypatch, rounds, matrix):
+    """The fixed-point rounds (cut short to force the sequential scan), row chunks and the
+    blocked per-row scan for rows too large for a matrix all give the same rows."""
+    monkeypatch.setattr(detection_ops, "_NMS_ROUNDS", rounds)
+    monkeypatch.setattr(detection_ops, "_NMS_MATRIX_ELEMENTS", matrix)
+    loc, conf, prior = _batched_case(7, 3, 4, True, False, True)
+    for settings in (dict(nms_threshold=0.3, keep_top_k=30), dict(confidence_threshold=0.1, eta=0.8,
+                                                                   nms_threshold=0.9)):
+        got = detection_output(loc, conf, prior, num_classes=4, **settings)
+        want = detection_output_per_image(loc, conf, prior, num_classes=4, **settings)
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_batched_nms_on_a_suppression_chain(monkeypatch):
+    """Boxes sliding right one step at a time: each overlaps the next above the threshold, so the
+    greedy answer (every other box) needs a long dependency chain -- the fixed-point rounds give
+    up and the sequential scan finishes."""
+    k = 60
+    x = np.arange(k, dtype=np.float32) * 0.01
+    boxes = np.stack([x, np.zeros(k), x + 0.03, np.full(k, 0.1)], axis=1).astype(np.float32)
+    prior = torch.from_numpy(np.stack([boxes.reshape(-1), np.full(k * 4, 0.1)])[None].astype(np.float32))
+    conf = torch.from_numpy(np.stack([np.zeros(k), np.linspace(0.9, 0.5, k)], axis=1).reshape(1, -1)
+                            .astype(np.float32))
+    loc = torch.zeros(1, k * 4)
+    rounds = []
+    monkeypatch.setattr(torch, "equal", lambda a, b, _eq=torch.equal: rounds.append(1) or _eq(a, b))
+    got = detection_output(loc, conf, prior, num_classes=2, nms_threshold=0.4, code_type="CORNER")
+    assert len(rounds) == detection_ops._NMS_ROUNDS  # every round ran and none settled
+    want = detection_output_per_image(loc, conf, prior, num_classes=2, nms_threshold=0.4, code_type="CORNER")
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
+    assert 10 < got.shape[2] < k
