@@ -26,6 +26,7 @@ import torch
 import caffenorm
 from caffenorm import export
 from caffenorm.errors import ExportError
+from caffenorm.export.ncnn import register_custom_layers
 
 
 def _files(package: str, prototxt: str, caffemodel: str) -> tuple[Path, Path]:
@@ -100,7 +101,7 @@ def main() -> None:
             param, ncnn_note = _export("ncnn", proto, model, cut, directory)
             session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
             input_name = session.get_inputs()[0].name
-            ncnn_net = ncnn.Net()
+            ncnn_net = register_custom_layers(ncnn.Net())  # res10: CaffeDetectionOutput
             ncnn_net.load_param(str(param))
             ncnn_net.load_model(str(param.with_suffix(".bin")))
             cv_net = cv2.dnn.readNetFromCaffe(str(proto), str(model))

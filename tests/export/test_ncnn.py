@@ -561,7 +561,7 @@ def test_mapping_table_covers_the_layer_modules() -> None:
                        "DetectionOutput", "Input", "Tile"]:
         assert caffe_type in types, caffe_type
     assert all(summary for _, _, summary in rows)
-    assert next(r for r in rows if r[0] == "DetectionOutput")[2].startswith("Refused")
+    assert next(r for r in rows if r[0] == "DetectionOutput")[2].startswith("CaffeDetectionOutput")
 
 
 def test_registering_a_module_class_twice_is_an_error() -> None:
@@ -609,16 +609,13 @@ def test_zoo_net_matches_caffe_in_ncnn(zoo_files: dict, tmp_path: Path, name: st
     assert len(checks) > len(net.outputs) and all(c.ok for c in checks), [c for c in checks if not c.ok]
 
 
-def test_zoo_ssd_refuses_detection_output_and_exports_the_cut(zoo_files: dict, tmp_path: Path) -> None:
+def test_zoo_ssd_cut_before_detection_output_exports(zoo_files: dict, tmp_path: Path) -> None:
+    """For a deployment without custom layers: the cut net (the whole net with DetectionOutput is
+    in test_ncnn_detection.py)."""
     proto, model = zoo_files["ssd"]
-    with pytest.raises(ExportError) as err:
-        to_ncnn(caffenorm.load(proto, model), tmp_path / "net.param")
-    message = str(err.value)
-    assert "layer 'detection_out' (DetectionOutput)" in message
-    assert "outputs=['mbox_loc', 'mbox_conf_flatten', 'mbox_priorbox']" in message
-    assert not (tmp_path / "net.param").exists()
     cut = caffenorm.load(proto, model, outputs=["mbox_loc", "mbox_conf_flatten", "mbox_priorbox"])
-    _export(cut, tmp_path)
+    report = _export(cut, tmp_path)
+    assert not any("CaffeDetectionOutput" in note for note in report.notes)
 
 
 def _check_photo(net: caffenorm.Net, directory: Path, photo: np.ndarray) -> None:
@@ -637,12 +634,6 @@ def test_open_nsfw_on_a_photo(tmp_path: Path, fold: bool) -> None:
 RES10_CUT = ["mbox_loc", "mbox_conf_flatten", "mbox_priorbox"]
 
 
-def test_res10_refuses_detection_output_naming_the_cut(tmp_path: Path) -> None:
-    proto, model = zoo.res10_files()
-    with pytest.raises(ExportError, match=r"outputs=\['mbox_loc', 'mbox_conf_flatten', 'mbox_priorbox'\]"):
-        to_ncnn(caffenorm.load(proto, model), tmp_path / "net.param")
-
-
 def test_res10_cut_before_detection_output_on_a_photo(tmp_path: Path) -> None:
     proto, model = zoo.res10_files()
     _check_photo(caffenorm.load(proto, model, outputs=RES10_CUT), tmp_path, zoo.res10_photo())
@@ -657,7 +648,7 @@ def _with_ncnn_detection(param: Path, line: str) -> Path:
     return out
 
 
-def test_why_detection_output_is_refused(tmp_path: Path) -> None:
+def test_why_ncnns_own_detection_output_is_not_used(tmp_path: Path) -> None:
     """ncnn's own DetectionOutput after the exported res10: on the photo it keeps Caffe's 126 rows
     (in Caffe's order: one foreground class, no ties) but without the image column; on an image
     without detections it outputs nothing (and extracting that crashes ncnn) where Caffe outputs its

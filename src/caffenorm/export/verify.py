@@ -134,16 +134,19 @@ def compare_blobs(
             continue
         want = np.asarray(expected[name], dtype=np.float64)
         have = np.asarray(got[name], dtype=np.float64)
-        # NaN where both agree on it (Caffe's AVE pooling of an empty window) must not poison the scale.
-        scale = float(np.nanmax(np.abs(want))) if want.size and not np.isnan(want).all() else 0.0
+        # NaN where both agree on it (Caffe's AVE pooling of an empty window) and infinities must
+        # not set the scale: it is the largest finite magnitude.
+        finite = np.abs(want[np.isfinite(want)])
+        scale = float(finite.max()) if finite.size else 0.0
         note = (notes or {}).get(name, "")
         if have.size != want.size:
             checks.append(BlobCheck(batch, name, want.shape, float("inf"), scale, False,
                                     f"shape {have.shape}, caffenorm {want.shape}"))
             continue
         have = have.reshape(want.shape)
-        both_nan = np.isnan(want) & np.isnan(have)
-        diff = np.where(both_nan, 0.0, np.abs(have - want))
+        same = (want == have) | (np.isnan(want) & np.isnan(have))  # equal infinities included
+        with np.errstate(invalid="ignore"):
+            diff = np.where(same, 0.0, np.abs(have - want))
         max_diff = float(np.nanmax(np.where(np.isnan(diff), np.inf, diff))) if diff.size else 0.0
         checks.append(BlobCheck(batch, name, want.shape, max_diff, scale, max_diff <= atol + rtol * scale, note))
     return checks

@@ -5,7 +5,9 @@ ncnn's native layers, each computing exactly what the Caffe layer computes, and 
 One emitter per layer module class (:mod:`caffenorm.export.ncnn._registry`), grouped by family
 (:mod:`~caffenorm.export.ncnn.norm`, ``conv``, ``pooling``, ``inner_product``, ``activation``,
 ``eltwise``, ``shape``, ``detection``, ``input``); :func:`mapping_table` lists what each layer
-becomes.  A layer ncnn cannot compute exactly is refused with the reason, never approximated.
+becomes.  A layer ncnn cannot compute exactly is refused with the reason, never approximated;
+SSD's DetectionOutput is caffenorm's custom layer ``CaffeDetectionOutput``
+(:func:`register_custom_layers`).
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from caffenorm.export.ncnn._convert import convert
 from caffenorm.export.ncnn._families import mapping_table
 from caffenorm.export.ncnn._runtime import NcnnRunner, check_ncnn, defaults_note, import_ncnn
 from caffenorm.export.ncnn._writer import finalize, write_bin, write_param
+from caffenorm.export.ncnn.custom_layers import register_custom_layers
 from caffenorm.export.verify import ExportReport, example_inputs
 
-__all__ = ["NcnnRunner", "check_ncnn", "mapping_table", "to_ncnn"]
+__all__ = ["NcnnRunner", "check_ncnn", "mapping_table", "register_custom_layers", "to_ncnn"]
 
 
 def to_ncnn(
@@ -41,7 +44,10 @@ def to_ncnn(
     prototxt) becomes ncnn layers (:func:`mapping_table`): Caffe's LRN (both regions), BatchNorm
     (stored statistics, alone or fused with its Scale), Scale, Bias, Normalize, convolutions,
     pooling (Caffe's rounding, drop rule and border divisors), InnerProduct, the activations,
-    Softmax, Eltwise, the shape layers and PriorBox.  ncnn has no batch axis: a Caffe blob
+    Softmax, Eltwise, the shape layers and PriorBox; SSD's DetectionOutput becomes caffenorm's
+    custom layer ``CaffeDetectionOutput`` (:mod:`~caffenorm.export.ncnn.custom_layers`: an ncnn
+    net must register it before ``load_param``; rows ``[label, score, xmin, ymin, xmax, ymax]``
+    per image).  ncnn has no batch axis: a Caffe blob
     ``(N, C, H, W)`` is an ncnn ``(C, H, W)`` image and Caffe axis ``a`` is ncnn axis ``a - 1``;
     layers working across the batch axis are refused.  Every value gets its own blob name, the
     last value of each Caffe blob its Caffe name, and a value read several times an ncnn Split.
@@ -69,9 +75,11 @@ def to_ncnn(
         that needed care; the error with ncnn's default options).
 
     Raises:
-        ExportError: a layer without an exact ncnn mapping (named, with the reason and, for SSD's
-            DetectionOutput, the cut that exports the rest), a missing ``ncnn`` package (with
-            ``verify=True``), or a blob on which ncnn disagrees with caffenorm (the first one).
+        ExportError: a layer without an exact ncnn mapping (named, with the reason), a missing
+            ``ncnn`` package (with ``verify=True``), or a blob on which ncnn disagrees with caffenorm (the first one).
+            A DetectionOutput is compared with caffenorm's rows for the image alone; where float
+            noise upstream changes them end to end, it is checked on ncnn's own bottoms and the
+            report's notes give both row counts.
     """
     param_path = Path(param_path)
     bin_path = Path(bin_path) if bin_path is not None else param_path.with_suffix(".bin")
@@ -94,7 +102,9 @@ def to_ncnn(
         report.notes.append("not checked (verify=False)")
         return report
     batches = [example_inputs(net.input_shapes, batch, seed) for batch in batch_sizes]
-    report.checks, runs = check_ncnn(net, param_path, bin_path, batches, rtol=rtol, atol=atol, aliases=model.aliases)
+    report.checks, runs = check_ncnn(
+        net, param_path, bin_path, batches, rtol=rtol, atol=atol, aliases=model.aliases, notes_out=report.notes
+    )
     if not report.checks:
         raise ExportError("the ncnn model has no blob to compare with caffenorm (no output keeps its name)")
     report.notes.append(defaults_note(param_path, bin_path, runs, list(net.outputs)))

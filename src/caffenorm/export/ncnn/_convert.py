@@ -114,7 +114,7 @@ def convert(net: Any) -> NcnnModel:
         assert emitter is not None
         first = len(model.layers)
         tops = emitter(ctx, node.module, bottoms)
-        if not node.is_input and ctx.problem is not None:
+        if not node.is_input and ctx.problem is not None and not ctx.rows_handled:
             raise ctx.refuse(ctx.problem)  # an emitter that did not ask for the shapes still fails here
         fresh = {id(top) for layer in model.layers[first:] for top in layer.tops}
         made = [t for t in tops if t is not None]

@@ -125,6 +125,7 @@ class EmitContext:
         self.node = node
         self._out_shapes = list(out_shapes)
         self._problem = problem
+        self.rows_handled = False  # set by rows_layer: the data-dependent top is the emitter's own
         self.top_problems = list(top_problems) or [None] * len(self._out_shapes)
 
     @property
@@ -206,6 +207,18 @@ class EmitContext:
         """Add a one-top ncnn layer; its top has ``shape`` (default: the node's first top's)."""
         return self.layers(type, bottoms, [self.out_shapes[0] if shape is None else shape], params, weights,
                            suffix=suffix)[0]
+
+    def rows_layer(
+        self, type: str, bottoms: Sequence[Blob], params: Mapping[int, ParamValue], columns: int
+    ) -> Blob:
+        """Add a one-top ncnn layer whose top is a table of a data-dependent number of rows of
+        ``columns`` values (``w = columns, h = rows``), such as detections; the node's own
+        data-dependent top shape is then not a reason to refuse it."""
+        name = self._layer_name(None)
+        top = Blob((0, columns), hint=name)  # 0 rows: unknown until run
+        self.model.layers.append(Layer(type, name, list(bottoms), [top], dict(params)))
+        self.rows_handled = True
+        return top
 
     # -- building blocks shared by the families -----------------------------------------------------
 

@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 
 from caffenorm.errors import ExportError
+from caffenorm.export.ncnn.custom_layers import CAFFE_DETECTION_OUTPUT, detection_rows, register_custom_layers
 from caffenorm.export.verify import BlobCheck, compare_blobs, run_eager
 
-__all__ = ["EXACT_OPTIONS", "NcnnRunner", "check_ncnn", "import_ncnn", "param_blobs"]
+__all__ = ["EXACT_OPTIONS", "NcnnRunner", "check_ncnn", "image_detections", "import_ncnn", "param_blobs", "param_layers"]
 
 # ncnn Option fields set for the exact check (everything else keeps ncnn's default).
 EXACT_OPTIONS: dict[str, bool] = {
@@ -48,8 +49,8 @@ def import_ncnn() -> Any:
     return ncnn
 
 
-def param_blobs(param_path: str | Path) -> list[tuple[str, list[str]]]:
-    """``(layer type, top names)`` of every layer of an ncnn ``.param`` file, in order."""
+def param_layers(param_path: str | Path) -> list[tuple[str, list[str], list[str]]]:
+    """``(layer type, bottom names, top names)`` of every layer of an ncnn ``.param`` file, in order."""
     lines = Path(param_path).read_text().splitlines()
     layers = []
     for line in lines[2:]:
@@ -57,8 +58,13 @@ def param_blobs(param_path: str | Path) -> list[tuple[str, list[str]]]:
         if len(fields) < 4:
             continue
         nbottom, ntop = int(fields[2]), int(fields[3])
-        layers.append((fields[0], fields[4 + nbottom : 4 + nbottom + ntop]))
+        layers.append((fields[0], fields[4 : 4 + nbottom], fields[4 + nbottom : 4 + nbottom + ntop]))
     return layers
+
+
+def param_blobs(param_path: str | Path) -> list[tuple[str, list[str]]]:
+    """``(layer type, top names)`` of every layer of an ncnn ``.param`` file, in order."""
+    return [(kind, tops) for kind, _, tops in param_layers(param_path)]
 
 
 class NcnnRunner:
@@ -71,6 +77,7 @@ class NcnnRunner:
         # One thread: the check is small, and OpenMP threads spinning against other processes on a
         # busy machine cost more than they bring (open_nsfw: 1.0 s against 2.1 s with 2 threads).
         self.net.opt.num_threads = 1
+        register_custom_layers(self.net)
         if exact:
             for option, value in EXACT_OPTIONS.items():
                 setattr(self.net.opt, option, value)
@@ -118,15 +125,13 @@ def _image(value: np.ndarray, image: int, batch: int, size: int) -> np.ndarray:
     return value
 
 
-def _nan_matched(want: np.ndarray, got: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Both arrays with 0 where both are NaN: :func:`compare_blobs` counts those positions as equal
-    but takes the blob's scale as ``max |value|``, which a NaN would make NaN (and the check fail)."""
-    if want.size != got.size:
-        return want, got
-    both = np.isnan(want) & np.isnan(got.reshape(want.shape))
-    if not both.any():
-        return want, got
-    return np.where(both, 0, want), np.where(both.reshape(got.shape), 0, got)
+def image_detections(rows: np.ndarray, image: int) -> np.ndarray:
+    """Caffe's DetectionOutput rows ``(1, 1, R, 7)`` for a batch, as ``CaffeDetectionOutput`` gives
+    them for image ``image`` alone: its rows without the image column, or the single row of -1
+    Caffe writes for a batch of one image that keeps nothing."""
+    table = np.asarray(rows, dtype=np.float32).reshape(-1, 7)
+    mine = table[(table[:, 0] == image) & (table[:, 1] != -1)][:, 1:]
+    return mine if len(mine) else np.full((1, 6), -1.0, dtype=np.float32)
 
 
 def compared_blobs(
@@ -157,15 +162,26 @@ def check_ncnn(
     atol: float,
     aliases: Mapping[str, str] | None = None,
     runner: NcnnRunner | None = None,
+    notes_out: list[str] | None = None,
 ) -> tuple[list[BlobCheck], list[tuple[dict[str, np.ndarray], dict[str, str], dict[str, np.ndarray]]]]:
     """Compare the ncnn model with ``net`` on each batch of ``batches`` (name -> ``(N, ...)``
     arrays), image by image, on every blob that keeps its name (or is in ``aliases``, ncnn name ->
     caffenorm name) and every output.
 
     Returns the checks (batch by batch, image by image, blobs in ncnn's order, named as in
-    caffenorm) and, for each image, ``(its feeds, ncnn name -> caffenorm name, caffenorm's blobs)``."""
+    caffenorm) and, for each image, ``(its feeds, ncnn name -> caffenorm name, caffenorm's blobs)``.
+
+    A ``CaffeDetectionOutput`` top is compared with caffenorm's rows for that image alone
+    (:func:`image_detections`); where those differ end to end, it is checked on ncnn's own bottoms
+    and ``notes_out`` (when given) says how many rows each side had."""
     runner = runner or NcnnRunner(param_path, bin_path, exact=True)
     every = [(aliases or {}).get(top, top) for _, tops in param_blobs(param_path) for top in tops]
+    # CaffeDetectionOutput tops (caffenorm name) -> the ncnn names of their bottoms.
+    detections = {
+        (aliases or {}).get(tops[0], tops[0]): bottoms
+        for kind, bottoms, tops in param_layers(param_path)
+        if kind == CAFFE_DETECTION_OUTPUT
+    }
     checks: list[BlobCheck] = []
     runs = []
     for inputs in batches:
@@ -173,17 +189,50 @@ def check_ncnn(
         eager = run_eager(net, inputs, every)
         pairs = compared_blobs(param_path, list(eager), aliases)
         names = [caffe for _, caffe in pairs]
+        extra = list(dict.fromkeys(b for name, bottoms in detections.items() if name in names for b in bottoms))
         for image in range(batch):
             feeds = {k: v[image] for k, v in inputs.items()}
-            out = runner.run(feeds, [ncnn_name for ncnn_name, _ in pairs])
+            out = runner.run(feeds, list(dict.fromkeys([ncnn_name for ncnn_name, _ in pairs] + extra)))
             got = {caffe: out[ncnn_name] for ncnn_name, caffe in pairs}
-            want = {name: _image(eager[name], image, batch, got[name].size) for name in names}
+            want = {
+                name: image_detections(eager[name], image) if name in detections else _image(eager[name], image, batch, got[name].size)
+                for name in names
+            }
+            notes = {name: f"image {image} of {batch}" for name in names} if batch > 1 else {}
             for name in names:
-                want[name], got[name] = _nan_matched(want[name], got[name])
-            notes = {name: f"image {image} of {batch}" for name in names} if batch > 1 else None
-            checks += compare_blobs(want, got, names, batch, rtol, atol, notes)
+                if name in detections and not _rows_agree(want[name], got[name], rtol, atol):
+                    # Float noise upstream (~1e-5 in ncnn) can swap nearly equal scores or move one
+                    # across the threshold: the layer is checked on ncnn's own bottoms; end to end
+                    # is reported.
+                    if notes_out is not None:
+                        notes_out.append(
+                            f"{name}, image {image} of {batch}: end to end {len(got[name])} rows, caffenorm eager "
+                            f"{len(want[name])} (scores differing by float noise upstream reorder or cut rows); "
+                            "checked against caffenorm's DetectionOutput on ncnn's own bottoms"
+                        )
+                    settings = _detection_settings(net, name)
+                    want[name] = detection_rows(settings, *(out[b] for b in detections[name]))
+                    notes[name] = (notes.get(name, "") + "; " if name in notes else "") + "on ncnn's own bottoms"
+            checks += compare_blobs(want, got, names, batch, rtol, atol, notes or None)
             runs.append((feeds, dict(pairs), want))
     return checks, runs
+
+
+def _rows_agree(want: np.ndarray, got: np.ndarray, rtol: float, atol: float) -> bool:
+    if want.size != got.size:
+        return False
+    (check,) = compare_blobs({"rows": want}, {"rows": got}, ["rows"], 1, rtol, atol)
+    return check.ok
+
+
+def _detection_settings(net: Any, top: str) -> dict[str, Any]:
+    """The settings of the DetectionOutput layer of ``net`` writing ``top``."""
+    from caffenorm.caffe.layers.detection import DetectionOutput
+
+    for node in net.graph.nodes:
+        if node.tops and node.tops[0] == top and isinstance(node.module, DetectionOutput):
+            return dict(node.module.settings())
+    raise ExportError(f"internal: no DetectionOutput layer writes {top!r}")
 
 
 def defaults_note(

@@ -1,4 +1,4 @@
-"""ncnn emitters of SSD's detection layers: PriorBox (mapped) and DetectionOutput (refused).
+"""ncnn emitters of SSD's detection layers: PriorBox (native) and DetectionOutput (caffenorm's custom layer).
 
 PriorBox, against ncnn's ``src/layer/priorbox.cpp``: the same boxes in the same order (per
 location: per ``min_size`` the min box, the ``sqrt(min*max)`` box, then each aspect ratio and,
@@ -11,9 +11,10 @@ the step to the centre column by column where Caffe multiplies, so centres diffe
 rounding (~1e-6 of the image).
 
 DetectionOutput, against ncnn's ``src/layer/detectionoutput.cpp``: not the same computation (see
-:func:`emit_detection_output`), so it is refused with the way to an exact export: the net cut
-before it, ``caffenorm.load(..., outputs=[loc, conf, prior])``, and the detection step run outside
-ncnn.
+:func:`_native_differences`), so it is written as the custom layer ``CaffeDetectionOutput``
+(:mod:`caffenorm.export.ncnn.custom_layers`: Caffe's rule, in Python with caffenorm and in C++ in
+``contrib/ncnn``).  A deployment that cannot register a custom layer cuts the net before it,
+``caffenorm.load(..., outputs=[loc, conf, prior])``, and runs the detection step outside ncnn.
 """
 
 from __future__ import annotations
@@ -26,6 +27,20 @@ import numpy as np
 from caffenorm.caffe.layers.detection import DetectionOutput, PriorBox
 from caffenorm.export.ncnn._model import Blob, EmitContext, ParamValue
 from caffenorm.export.ncnn._registry import register_emitter
+from caffenorm.export.ncnn.custom_layers import (
+    CAFFE_DETECTION_OUTPUT,
+    CODE_TYPE_IDS,
+    DETOUT_BACKGROUND_LABEL_ID,
+    DETOUT_CODE_TYPE,
+    DETOUT_CONFIDENCE_THRESHOLD,
+    DETOUT_ETA,
+    DETOUT_KEEP_TOP_K,
+    DETOUT_NMS_THRESHOLD,
+    DETOUT_NUM_CLASSES,
+    DETOUT_SHARE_LOCATION,
+    DETOUT_TOP_K,
+    DETOUT_VARIANCE_ENCODED_IN_TARGET,
+)
 
 __all__ = ["emit_detection_output", "emit_prior_box"]
 
@@ -87,36 +102,46 @@ def emit_prior_box(ctx: EmitContext, module: PriorBox, bottoms: Sequence[Blob]) 
 
 @register_emitter(DetectionOutput)
 def emit_detection_output(ctx: EmitContext, module: DetectionOutput, bottoms: Sequence[Blob]) -> list[Blob]:
-    """Refused (ncnn's DetectionOutput differs from Caffe's); the error names the cut caffenorm.load(..., outputs=[loc, conf, prior])."""
+    """CaffeDetectionOutput (caffenorm's custom layer: Caffe's rule; ncnn's own DetectionOutput differs); rows [label, score, xmin, ymin, xmax, ymax]."""
+    params: dict[int, ParamValue] = {
+        DETOUT_NUM_CLASSES: module.num_classes,
+        DETOUT_SHARE_LOCATION: int(module.share_location),
+        DETOUT_BACKGROUND_LABEL_ID: module.background_label_id,
+        DETOUT_NMS_THRESHOLD: float(module.nms_threshold),
+        DETOUT_TOP_K: module.top_k,
+        DETOUT_ETA: float(module.eta),
+        DETOUT_KEEP_TOP_K: module.keep_top_k,
+        DETOUT_CODE_TYPE: CODE_TYPE_IDS[module.code_type],
+        DETOUT_VARIANCE_ENCODED_IN_TARGET: int(module.variance_encoded_in_target),
+    }
+    if module.confidence_threshold is not None:
+        params[DETOUT_CONFIDENCE_THRESHOLD] = float(module.confidence_threshold)
+    ctx.note(
+        f"the custom layer {CAFFE_DETECTION_OUTPUT} (ncnn's own DetectionOutput is not Caffe's: "
+        + "; ".join(_native_differences(module))
+        + "); register it before load_param: caffenorm.export.ncnn.register_custom_layers(net) in Python, "
+        "contrib/ncnn/caffe_detection_output.cpp in a C++ app; rows [label, score, xmin, ymin, xmax, ymax] per image, "
+        "one row of -1 when nothing is kept"
+    )
+    return [ctx.rows_layer(CAFFE_DETECTION_OUTPUT, bottoms, params, columns=6)]
+
+
+def _native_differences(module: DetectionOutput) -> list[str]:
+    """Why ncnn's native DetectionOutput (``src/layer/detectionoutput.cpp``) would not give Caffe's
+    rows for ``module``'s settings."""
     reasons = [
-        (
-            "it outputs nothing when no box passes the threshold (and extracting that empty blob crashed ncnn "
-            "1.0.20261020), where Caffe outputs one [image, -1, -1, -1, -1, -1, -1] row per image"
-        ),
-        "its rows are [label, score, xmin, ymin, xmax, ymax], without Caffe's image index column",
-        (
-            "it orders the rows of all classes together by score with an unstable quicksort, where Caffe groups "
-            "them by label (ascending) and orders each group by score with a stable sort (ties, and every net "
-            "with more than one foreground class, come out in another order)"
-        ),
-        (
-            "it skips decoding a prior whose background score is >= 1 - confidence_threshold, which assumes the "
-            "scores of a prior sum to 1"
-        ),
+        "it outputs nothing when no box passes the threshold (extracting that empty blob crashed ncnn 1.0.20261020)",
+        "it orders the rows of all classes together by score with an unstable sort (Caffe: by label, then score, stable)",
+        "it skips a prior whose background score is >= 1 - confidence_threshold",
     ]
     if not module.share_location:
-        reasons.append("it reads shared locations only (share_location: false here)")
+        reasons.append("it reads shared locations only")
     if module.code_type != "CENTER_SIZE":
         reasons.append(f"it decodes CENTER_SIZE only (code_type {module.code_type} here)")
     if module.variance_encoded_in_target:
-        reasons.append("it takes the variances from the priors (variance_encoded_in_target here)")
+        reasons.append("it takes the variances from the priors")
     if module.background_label_id != 0:
-        reasons.append(f"class 0 is always its background (background_label_id {module.background_label_id} here)")
+        reasons.append(f"its background is class 0 (background_label_id {module.background_label_id} here)")
     if module.eta < 1:
         reasons.append(f"it has no adaptive NMS (eta {module.eta} here)")
-    cut = list(ctx.node.bottoms)
-    raise ctx.refuse(
-        "ncnn's DetectionOutput is not Caffe SSD's: " + "; ".join(reasons)
-        + f". For an exact export, cut the net before it: caffenorm.load(prototxt, caffemodel, outputs={cut!r}), "
-        "and run the detection step on those outputs outside ncnn"
-    )
+    return reasons
