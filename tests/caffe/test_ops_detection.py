@@ -783,21 +783,49 @@ def test_batched_nms_paths_agree(monkeypatch, rounds, matrix):
         np.testing.assert_array_equal(got.numpy(), want.numpy())
 
 
-def test_batched_nms_on_a_suppression_chain(monkeypatch):
-    """Boxes sliding right one step at a time: each overlaps the next above the threshold, so the
-    greedy answer (every other box) needs a long dependency chain -- the fixed-point rounds give
-    up and the sequential scan finishes."""
-    k = 60
+def _chain(k: int = 60):
+    """Boxes sliding right one step at a time: each overlaps the next above 0.4 (and the one after
+    below), so the greedy answer (every other box) is a dependency chain as long as the row."""
     x = np.arange(k, dtype=np.float32) * 0.01
-    boxes = np.stack([x, np.zeros(k), x + 0.03, np.full(k, 0.1)], axis=1).astype(np.float32)
-    prior = torch.from_numpy(np.stack([boxes.reshape(-1), np.full(k * 4, 0.1)])[None].astype(np.float32))
+    return torch.from_numpy(np.stack([x, np.zeros(k), x + 0.03, np.full(k, 0.1)], axis=1).astype(np.float32))
+
+
+def test_batched_nms_on_a_suppression_chain():
+    k = 60
+    prior = torch.cat([_chain(k).reshape(1, 1, -1), torch.full((1, 1, k * 4), 0.1)], dim=1)
     conf = torch.from_numpy(np.stack([np.zeros(k), np.linspace(0.9, 0.5, k)], axis=1).reshape(1, -1)
                             .astype(np.float32))
     loc = torch.zeros(1, k * 4)
-    rounds = []
-    monkeypatch.setattr(torch, "equal", lambda a, b, _eq=torch.equal: rounds.append(1) or _eq(a, b))
     got = detection_output(loc, conf, prior, num_classes=2, nms_threshold=0.4, code_type="CORNER")
-    assert len(rounds) == detection_ops._NMS_ROUNDS  # every round ran and none settled
     want = detection_output_per_image(loc, conf, prior, num_classes=2, nms_threshold=0.4, code_type="CORNER")
     np.testing.assert_array_equal(got.numpy(), want.numpy())
-    assert 10 < got.shape[2] < k
+    assert got.shape[2] == k // 2
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 9])
+def test_the_gpu_greedy_pass_equals_the_cpu_scan(monkeypatch, rows):
+    """The fixed-point rounds (CUDA's way, forced here on the CPU), cut short so the device scan
+    finishes, and the CPU scan (row by row for few rows, column by column for more) agree, on
+    random clusters and on the chain that no number of rounds below its length settles."""
+    rng = np.random.default_rng(rows)
+    rounds = []
+    monkeypatch.setattr(torch, "equal", lambda a, b, _eq=torch.equal: rounds.append(1) or _eq(a, b))
+    for case in range(4):
+        if case == 3:
+            boxes = _chain(40).expand(rows, -1, -1)
+        else:
+            centre = np.round(rng.uniform(0, 1, (rows, 40, 2)) * 4) / 4 + rng.normal(0, 0.02, (rows, 40, 2))
+            half = rng.uniform(0.05, 0.15, (rows, 40, 1))
+            boxes = torch.from_numpy(np.concatenate([centre - half, centre + half], -1).astype(np.float32))
+        sizes = detection_ops._bbox_size(boxes)
+        overlap = detection_ops._pairwise_overlap(boxes, sizes, boxes, sizes)
+        valid = torch.from_numpy(np.arange(40) < rng.integers(20, 41, (rows, 1)))
+        for threshold in (0.3, 0.45, 0.0):
+            scan = detection_ops._greedy_matrix(overlap, valid, threshold, 1.0, fixed_point=False)
+            for cap in (0, 2, 8, 64):
+                monkeypatch.setattr(detection_ops, "_NMS_ROUNDS", cap)
+                rounds.clear()
+                fixed = detection_ops._greedy_matrix(overlap, valid, threshold, 1.0, fixed_point=True)
+                assert bool((fixed == scan).all()), (case, threshold, cap)
+                if case == 3 and threshold == 0.3:  # the chain: 8 rounds never settle, 64 do
+                    assert (len(rounds) == 8) if cap == 8 else (cap != 64 or len(rounds) < 64)

@@ -404,12 +404,13 @@ def _pairwise_overlap(a: Tensor, size_a: Tensor, b: Tensor, size_b: Tensor) -> T
     """
     x1, y1, x2, y2 = (t.unsqueeze(-1) for t in a.unbind(-1))
     bx1, by1, bx2, by2 = (t.unsqueeze(-2) for t in b.unbind(-1))
-    apart = (bx1 > x2) | (bx2 < x1) | (by1 > y2) | (by2 < y1)
+    # Boxes apart (IntersectBBox's empty case) always have iw <= 0 or ih <= 0: iw > 0 means
+    # min(x2, bx2) > max(x1, bx1), hence bx1 < x2 and x1 < bx2; NaN fails both tests.
     iw = torch.minimum(x2, bx2) - torch.maximum(x1, bx1)
     ih = torch.minimum(y2, by2) - torch.maximum(y1, by1)
     inter = iw * ih
     iou = inter / ((size_a.unsqueeze(-1) + size_b.unsqueeze(-2)) - inter)
-    return torch.where(~apart & (iw > 0) & (ih > 0), iou, torch.zeros_like(iou))
+    return torch.where((iw > 0) & (ih > 0), iou, 0.0)
 
 
 def jaccard_overlap(boxes1: Tensor, boxes2: Tensor) -> Tensor:
@@ -560,14 +561,20 @@ def _select_rows(scores: Tensor, score_threshold: float | None, top_k: int) -> t
     One host synchronisation (``K``)."""
     threshold = -_FLT_MAX if score_threshold is None else _f32(score_threshold)
     above = scores > threshold  # NaN and -inf never pass
-    key = torch.where(above, scores, torch.full_like(scores, -math.inf))
-    order = torch.sort(key, dim=-1, descending=True, stable=True).indices
     count = above.sum(dim=-1)
     if top_k > -1:
         count = count.clamp(max=top_k)
     k = int(count.max()) if count.numel() else 0
+    # The k best of a unique integer key, (score, -index): the stable order without sorting every
+    # prior.  A float32's bits, sign-folded, order like the float; +0.0 replaces -0.0 (equal scores).
+    bits = (scores.to(torch.float32) + 0.0).view(torch.int32).to(torch.int64)
+    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+    positions = scores.shape[-1]
+    key = (ordered << 32) + (positions - 1 - torch.arange(positions, device=scores.device))
+    key = torch.where(above, key, torch.full_like(key, torch.iinfo(torch.int64).min))
+    order = torch.topk(key, k, dim=-1, largest=True, sorted=True).indices
     valid = torch.arange(k, device=scores.device) < count.unsqueeze(-1)
-    return order[:, :k], valid
+    return order, valid
 
 
 # The overlap matrices of a chunk of rows stay under this many values: 4 MB per temporary keeps
@@ -580,16 +587,20 @@ _NMS_MATRIX_ELEMENTS_CUDA = 1 << 25
 _NMS_ROUNDS = 8
 
 
-def _greedy_matrix(overlap: Tensor, valid: Tensor, threshold: float, eta: float) -> Tensor:
+def _greedy_matrix(
+    overlap: Tensor, valid: Tensor, threshold: float, eta: float, *, fixed_point: bool | None = None
+) -> Tensor:
     """``ApplyNMSFast``'s greedy pass for ``R`` rows at once, from their overlap matrices
     ``(R, K, K)``: the kept candidates ``(R, K)``.
 
     With a constant threshold (``eta == 1``, or a threshold that never exceeds 0.5), candidate
     ``i`` is kept iff it is valid and no kept ``j < i`` has ``overlap[j, i] > threshold`` (or NaN).
-    That rule's only solution is the greedy one, and iterating it from "all valid" fixes one more
-    leading candidate per round at least; it usually settles in a few rounds (one host
-    synchronisation each), and after :data:`_NMS_ROUNDS` the sequential scan finishes the job.
-    With adaptive ``eta`` the threshold changes after each keep, so the scan is sequential."""
+    That rule's only solution is the greedy one.  On CUDA, iterating it from "all valid" fixes one
+    more leading candidate per round at least and often settles in a few rounds (one host
+    synchronisation each); after :data:`_NMS_ROUNDS` a sequential scan on the device finishes the
+    job.  On the CPU the scan runs directly (:func:`_scan`).  With adaptive ``eta`` the threshold
+    changes after each keep, so the scan is sequential.  ``fixed_point`` forces the CUDA way
+    (True) or the CPU scan (False) on any device."""
     r, k = valid.shape
     if eta < 1 and threshold > 0.5:
         kept = torch.zeros_like(valid)
@@ -603,6 +614,8 @@ def _greedy_matrix(overlap: Tensor, valid: Tensor, threshold: float, eta: float)
         return kept
     later = torch.ones(k, k, dtype=torch.bool, device=overlap.device).triu(1)
     removes = ~(overlap <= threshold) & later  # [j, i]: a kept j removes a later i
+    if not (overlap.is_cuda if fixed_point is None else fixed_point):
+        return _scan(removes.cpu(), valid.cpu()).to(valid.device)
     weights = removes.to(overlap.dtype)
     kept = valid
     for _ in range(_NMS_ROUNDS):
@@ -615,6 +628,29 @@ def _greedy_matrix(overlap: Tensor, valid: Tensor, threshold: float, eta: float)
     for j in range(k):
         kept &= ~(kept[:, j : j + 1] & removes[:, j])
     return kept
+
+
+def _scan(removes: Tensor, valid: Tensor) -> Tensor:
+    """The greedy pass in order on the CPU, in numpy (a step costs a microsecond, not a kernel
+    launch): when candidate ``j`` is kept, every later one it removes goes.  A few rows go row by
+    row, jumping from kept to kept; more go column by column, all rows at once (res10, 400
+    candidates: 0.35 against 0.96 ms for one row, 2.4 against 19 ms for 64)."""
+    kept = valid.numpy().copy()
+    remove = removes.numpy()
+    rows, k = kept.shape
+    if rows <= 2:
+        for alive, row in zip(kept, remove):
+            j = 0
+            while j < k:
+                j += int(alive[j:].argmax())  # the next kept candidate (argmax: first True)
+                if not alive[j]:
+                    break
+                alive[j + 1 :] &= ~row[j, j + 1 :]
+                j += 1
+    else:
+        for j in range(k - 1):
+            kept[:, j + 1 :] &= ~(remove[:, j, j + 1 :] & kept[:, j : j + 1])
+    return torch.from_numpy(kept)
 
 
 def _greedy_rows(boxes: Tensor, sizes: Tensor, valid: Tensor, nms_threshold: float, eta: float) -> Tensor:
