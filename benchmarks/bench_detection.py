@@ -119,7 +119,7 @@ def main() -> int:
             rows = layer(loc, conf, prior)
             previous_rows = detection_output_per_image(loc, conf, prior, **settings)
             ours = _best(lambda b=(loc, conf, prior): layer(*b), args.repeats, device)
-            previous = _best(lambda b=(loc, conf, prior): detection_output_per_image(*b, **settings), args.repeats,
+            previous = _best(lambda b=(loc, conf, prior), s=settings: detection_output_per_image(*b, **s), args.repeats,
                              device)
             cv_run = _opencv(proto, {n: out[n].numpy() for n in RES10_CUT}, Path(tmp))
             theirs = _best(cv_run, args.repeats, torch.device("cpu")) if cv_run else float("nan")
