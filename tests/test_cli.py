@@ -136,16 +136,17 @@ def test_convert_writes_a_checked_model_of_the_bundled_example(tmp_path, capsys,
     assert all(out.with_suffix(s).is_file() for s in suffixes)
 
 
-def test_convert_refuses_detection_output_for_ncnn_and_names_the_cut(tmp_path, capsys):
+def test_convert_writes_detection_output_for_ncnn_as_the_custom_layer(tmp_path, capsys):
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent / "caffe"))
     import zoo
 
     pytest.importorskip("onnxruntime")
     pytest.importorskip("ncnn")
     proto, model, _ = zoo.write("ssd", tmp_path)
-    assert main(["convert", str(proto), str(model), "--to", "ncnn", "-o", str(tmp_path / "ssd.param")]) == 1
-    err = capsys.readouterr().err
-    assert "DetectionOutput" in err and "outputs=" in err
+    assert main(["convert", str(proto), str(model), "--to", "ncnn", "-o", str(tmp_path / "ssd.param")]) == 0
+    out = capsys.readouterr().out
+    assert "all blobs agree" in out and "CaffeDetectionOutput" in out and "register_custom_layers" in out
+    assert "CaffeDetectionOutput" in (tmp_path / "ssd.param").read_text()
     assert main(["convert", str(proto), str(model), "--to", "onnx", "-o", str(tmp_path / "ssd.onnx")]) == 0
     assert "all blobs agree" in capsys.readouterr().out
     cut = "mbox_loc,mbox_conf_flatten,mbox_priorbox"
