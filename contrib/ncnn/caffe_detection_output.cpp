@@ -39,17 +39,17 @@ inline float barrier(float x)
     return v;
 }
 
-// NaN-propagating min / max (as caffenorm computes the intersection: any NaN gives NaN).
-inline float min_nan(float a, float b)
+// std::max / std::min exactly as IntersectBBox uses them: the first argument unless the second
+// compares greater (less).  With a NaN the comparison is false, so which box holds the NaN
+// matters: JaccardOverlap(candidate, kept) passes over a NaN corner of the kept box.
+inline float std_min(float a, float b)
 {
-    if (a != a || b != b) return std::numeric_limits<float>::quiet_NaN();
     return b < a ? b : a;
 }
 
-inline float max_nan(float a, float b)
+inline float std_max(float a, float b)
 {
-    if (a != a || b != b) return std::numeric_limits<float>::quiet_NaN();
-    return b > a ? b : a;
+    return a < b ? b : a;
 }
 
 // BBoxSize for normalized boxes: 0 for an inverted box (xmax < xmin or ymax < ymin), else w * h.
@@ -61,15 +61,16 @@ inline float bbox_size(const float* b)
     return w * h;
 }
 
-// JaccardOverlap of normalized boxes a and b (float32).  Boxes apart (b.xmin > a.xmax,
-// b.xmax < a.xmin, same in y) overlap 0; otherwise the intersection's width and height must
-// both be > 0 (NaN is not), and the overlap is inter / (size_a + size_b - inter), which is
-// NaN for infinite boxes (and a NaN overlap suppresses, see nms_class).
+// JaccardOverlap(bbox1 = a, bbox2 = b) of normalized boxes (float32).  Boxes apart (b.xmin >
+// a.xmax, b.xmax < a.xmin, same in y) overlap 0; otherwise the intersection's width and height
+// must both be > 0 (NaN is not), and the overlap is inter / (size_a + size_b - inter): NaN for
+// infinite boxes, and for a kept box b with a NaN corner (its size is NaN), which therefore
+// removes every later candidate it is not apart from (a NaN overlap suppresses, see nms_class).
 inline float jaccard_overlap(const float* a, float size_a, const float* b, float size_b)
 {
     if (b[0] > a[2] || b[2] < a[0] || b[1] > a[3] || b[3] < a[1]) return 0.f;
-    float iw = min_nan(a[2], b[2]) - max_nan(a[0], b[0]);
-    float ih = min_nan(a[3], b[3]) - max_nan(a[1], b[1]);
+    float iw = std_min(a[2], b[2]) - std_max(a[0], b[0]);
+    float ih = std_min(a[3], b[3]) - std_max(a[1], b[1]);
     if (!(iw > 0.f && ih > 0.f)) return 0.f;
     float inter = barrier(iw * ih);
     float sum = size_a + size_b;

@@ -127,11 +127,13 @@ def ref_size(b):
 
 
 def ref_iou(a, b):
+    # JaccardOverlap(bbox1=a, bbox2=b).  Python's max(p, q) / min(p, q) return p unless q compares
+    # greater / less: std::max / std::min's rule, which decides what a NaN corner does.
     if b[0] > a[2] or b[2] < a[0] or b[1] > a[3] or b[3] < a[1]:
         return 0.0
     iw = min(a[2], b[2]) - max(a[0], b[0])
     ih = min(a[3], b[3]) - max(a[1], b[1])
-    if iw <= 0 or ih <= 0:
+    if not (iw > 0 and ih > 0):  # Caffe: if (w > 0 && h > 0) ... else 0 -- a NaN width gives 0
         return 0.0
     inter = iw * ih
     return inter / (ref_size(a) + ref_size(b) - inter)
@@ -404,6 +406,30 @@ def test_nms_edge_rules():
     assert nms(boxes, torch.tensor([0.9, 0.8, 0.7]), 0.5, top_k=2).tolist() == [0]
 
 
+def test_nan_corners_follow_std_max_and_min():
+    """Caffe's IntersectBBox takes std::max / std::min of (bbox1, bbox2) corners, ApplyNMSFast calls
+    JaccardOverlap(candidate, kept): a NaN corner of the kept box is passed over and its NaN size
+    makes the overlap NaN (the candidate goes); a NaN corner of the candidate propagates into the
+    intersection's width, which is then not > 0 (overlap 0)."""
+    nan = float("nan")
+    a = [0.0, 0.0, 0.5, 0.5]
+    broken = [nan, 0.1, 0.6, 0.6]
+    far = [0.8, 0.8, 0.9, 0.9]
+    pair = jaccard_overlap(torch.tensor([a]), torch.tensor([broken]))
+    assert math.isnan(pair.item())
+    assert jaccard_overlap(torch.tensor([broken]), torch.tensor([a])).item() == 0.0
+    assert ref_iou(broken, a) == 0.0 and math.isnan(ref_iou(a, broken))
+    # Far from the broken box (apart in y: 0.8 > 0.6): 0 either way.
+    assert jaccard_overlap(torch.tensor([far]), torch.tensor([broken])).item() == 0.0
+    # Kept first, the broken box removes every later candidate it is not apart from ...
+    boxes = torch.tensor([broken, a, [0.1, 0.1, 0.4, 0.4]])
+    assert nms(boxes, torch.tensor([0.9, 0.8, 0.7]), 0.45).tolist() == [0]
+    # ... and as a candidate it overlaps nothing and is kept; the box after it meets its NaN size.
+    boxes = torch.tensor([a, broken, [0.2, 0.55, 0.3, 0.58]])
+    assert nms(boxes, torch.tensor([0.9, 0.8, 0.7]), 0.45).tolist() == [0, 1]
+    assert ref_nms([a, broken, [0.2, 0.55, 0.3, 0.58]], [0.9, 0.8, 0.7], 0.45) == [0, 1]
+
+
 def test_nms_adaptive_eta():
     # IoU(A, B) = 0.4, C is far away.  threshold 0.6, eta 0.5: after keeping A the threshold drops
     # to 0.3 (0.6 > 0.5), so B (0.4 > 0.3) is suppressed; with eta = 1 it is kept.
@@ -496,6 +522,22 @@ def test_detection_output_matches_reference(settings, seed):
     assert rows.shape == expected.shape
     np.testing.assert_array_equal(rows[:, :2], expected[:, :2])  # same image, label, order
     np.testing.assert_allclose(rows[:, 2:], expected[:, 2:], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("settings", DETECTION_SETTINGS[:4])
+def test_detection_output_with_nan_boxes_matches_reference(settings):
+    rng = np.random.default_rng(11)
+    prior = ref_prior_box((3, 4), (60, 80), [16], [32], [2], clip=True, variances=[0.1, 0.1, 0.2, 0.2])
+    num_priors = prior.shape[2] // 4
+    loc, conf = random_inputs(rng, 2, num_priors, 4, settings.get("share_location", True), 0.5)
+    loc.reshape(-1)[rng.choice(loc.size, 9, replace=False)] = [np.nan, np.inf, -np.inf] * 3
+    prior32 = prior.astype(np.float32)
+    got = rows_of(detection_output(torch.from_numpy(loc), torch.from_numpy(conf), torch.from_numpy(prior32),
+                                   num_classes=4, **settings))
+    expected = ref_detection_output(loc, conf, prior32, 4, **settings)
+    assert got.shape == expected.shape
+    np.testing.assert_array_equal(got[:, :2], expected[:, :2])
+    np.testing.assert_allclose(got[:, 2:], expected[:, 2:], rtol=1e-6, atol=1e-6)  # NaN == NaN here
 
 
 def test_detection_output_row_order_and_keep_top_k_by_hand():

@@ -395,22 +395,26 @@ def _bbox_size(boxes: Tensor) -> Tensor:
 
 
 def _pairwise_overlap(a: Tensor, size_a: Tensor, b: Tensor, size_b: Tensor) -> Tensor:
-    """``JaccardOverlap(a[..., i], b[..., j])`` for all pairs: ``(..., len(a), len(b))`` over any
-    leading (batch) dims, float32 as in Caffe.
+    """``JaccardOverlap(bbox1=a[..., i], bbox2=b[..., j])`` for all pairs: ``(..., len(a), len(b))``
+    over any leading (batch) dims, float32 as in Caffe.
 
     ``IntersectBBox`` gives ``[0, 0, 0, 0]`` when the boxes are apart (so overlap 0); otherwise
-    ``inter = iw * ih`` and the overlap is ``inter / (size_a + size_b - inter)`` if ``iw > 0``
-    and ``ih > 0``, else 0.  Symmetric: max/min and the float sum of the sizes commute.
+    the intersection's corners are ``std::max`` / ``std::min`` of the two boxes' corners, and the
+    overlap is ``inter / (size_a + size_b - inter)`` if its width and height are both ``> 0``,
+    else 0.  ``std::max(p, q)`` is ``p < q ? q : p`` (``std::min(p, q)``: ``q < p ? q : p``): the
+    first argument unless the second compares greater (less), so a NaN corner of ``bbox2`` is
+    passed over while one of ``bbox1`` propagates.  The overlap is symmetric except for NaN
+    corners; ``ApplyNMSFast`` calls it as ``(candidate, kept box)``, so a kept box with a NaN
+    corner overlaps every later candidate by NaN (its size is NaN) and removes it.
     """
     x1, y1, x2, y2 = (t.unsqueeze(-1) for t in a.unbind(-1))
     bx1, by1, bx2, by2 = (t.unsqueeze(-2) for t in b.unbind(-1))
-    # Boxes apart (IntersectBBox's empty case) always have iw <= 0 or ih <= 0: iw > 0 means
-    # min(x2, bx2) > max(x1, bx1), hence bx1 < x2 and x1 < bx2; NaN fails both tests.
-    iw = torch.minimum(x2, bx2) - torch.maximum(x1, bx1)
-    ih = torch.minimum(y2, by2) - torch.maximum(y1, by1)
+    apart = (bx1 > x2) | (bx2 < x1) | (by1 > y2) | (by2 < y1)
+    iw = torch.where(bx2 < x2, bx2, x2) - torch.where(x1 < bx1, bx1, x1)
+    ih = torch.where(by2 < y2, by2, y2) - torch.where(y1 < by1, by1, y1)
     inter = iw * ih
     iou = inter / ((size_a.unsqueeze(-1) + size_b.unsqueeze(-2)) - inter)
-    return torch.where((iw > 0) & (ih > 0), iou, 0.0)
+    return torch.where(~apart & (iw > 0) & (ih > 0), iou, 0.0)
 
 
 def jaccard_overlap(boxes1: Tensor, boxes2: Tensor) -> Tensor:
@@ -418,7 +422,10 @@ def jaccard_overlap(boxes1: Tensor, boxes2: Tensor) -> Tensor:
 
     ``inter / (size1 + size2 - inter)`` where ``inter`` is the intersection's ``w*h`` if both
     its width and height are > 0 (else the overlap is 0), and ``size`` is ``BBoxSize``: 0 for a
-    box with ``xmax < xmin`` or ``ymax < ymin``.
+    box with ``xmax < xmin`` or ``ymax < ymin``.  ``[i, j]`` is ``JaccardOverlap(boxes1[i],
+    boxes2[j])`` with Caffe's ``std::max``/``std::min``, which differ from a symmetric overlap only
+    for NaN corners (see ``_pairwise_overlap``): in NMS, ``boxes1`` are the candidates and
+    ``boxes2`` the kept boxes.
     """
     a = boxes1.detach().to(torch.float32).reshape(-1, 4)
     b = boxes2.detach().to(device=a.device, dtype=torch.float32).reshape(-1, 4)
@@ -532,7 +539,8 @@ def _nms_sorted(boxes: Tensor, sizes: Tensor, nms_threshold: float, eta: float) 
         else:
             worst_t = torch.full((stop - start,), -math.inf, dtype=torch.float32, device=boxes.device)
         worst = worst_t.cpu().numpy().copy()
-        within = _pairwise_overlap(bb, bs, bb, bs).cpu().numpy()
+        # within[i, m]: JaccardOverlap(candidate m, kept i), the order ApplyNMSFast calls it in.
+        within = _pairwise_overlap(bb, bs, bb, bs).transpose(0, 1).cpu().numpy()
         for i in range(stop - start):
             if worst[i] <= threshold:
                 kept.append(start + i)
@@ -591,7 +599,8 @@ def _greedy_matrix(
     overlap: Tensor, valid: Tensor, threshold: float, eta: float, *, fixed_point: bool | None = None
 ) -> Tensor:
     """``ApplyNMSFast``'s greedy pass for ``R`` rows at once, from their overlap matrices
-    ``(R, K, K)``: the kept candidates ``(R, K)``.
+    ``(R, K, K)`` (``overlap[r, j, i]``: ``JaccardOverlap(candidate i, kept j)``): the kept
+    candidates ``(R, K)``.
 
     With a constant threshold (``eta == 1``, or a threshold that never exceeds 0.5), candidate
     ``i`` is kept iff it is valid and no kept ``j < i`` has ``overlap[j, i] > threshold`` (or NaN).
@@ -674,7 +683,8 @@ def _greedy_rows(boxes: Tensor, sizes: Tensor, valid: Tensor, nms_threshold: flo
     parts = []
     for start in range(0, r, step):
         b, z = boxes[start : start + step], sizes[start : start + step]
-        parts.append(_greedy_matrix(_pairwise_overlap(b, z, b, z), valid[start : start + step], threshold, eta32))
+        overlap = _pairwise_overlap(b, z, b, z).transpose(-1, -2)  # [j, i]: candidate i against kept j
+        parts.append(_greedy_matrix(overlap, valid[start : start + step], threshold, eta32))
     return torch.cat(parts)
 
 

@@ -162,19 +162,24 @@ def _decode(ops: _Ops, loc: str, prior: str, num_priors: int, num_loc: int, code
 
 def _overlaps(ops: _Ops, cand: str) -> str:
     """``JaccardOverlap`` of every pair of candidates: ``(N, C', K, K)`` float32, ``[j, k]`` the
-    overlap of candidate ``j`` with candidate ``k`` -- caffenorm's ``_pairwise_overlap``, operation
-    for operation.  A box with a NaN coordinate overlaps nothing there (NaN propagates through
-    torch's min/max and fails ``iw > 0``); it is replaced by ``[0, 0, 0, 0]``, which overlaps
-    nothing either, so that ONNX's ``Min``/``Max`` never see a NaN (their NaN rule is unspecified)."""
-    has_nan = ops("Greater", ops("ReduceSum", ops.to(ops("IsNaN", cand), _FLOAT), ops.i64([-1]), keepdims=1),
-                  ops.f32(0.0))
-    boxes = ops("Where", has_nan, ops.f32(0.0), cand)
-    x1, y1, x2, y2 = (ops.slot(boxes, i) for i in range(4))  # (N, C', K, 1): candidate j
+    overlap of candidate ``j`` (``bbox1``) with candidate ``k`` (``bbox2``, the kept box in NMS) --
+    caffenorm's ``_pairwise_overlap``, operation for operation.  The intersection's corners are
+    Caffe's ``std::max`` / ``std::min`` written as ``Where(Less(p, q), q, p)`` /
+    ``Where(Less(q, p), q, p)``: ONNX leaves ``Max``/``Min``'s NaN rule unspecified, and Caffe's
+    decides what a NaN corner does (a kept box with one removes the later candidates)."""
+    x1, y1, x2, y2 = (ops.slot(cand, i) for i in range(4))  # (N, C', K, 1): candidate j
     bx1, by1, bx2, by2 = (ops("Transpose", c, perm=[0, 1, 3, 2]) for c in (x1, y1, x2, y2))  # (N, C', 1, K)
     apart = ops("Or", ops("Or", ops("Greater", bx1, x2), ops("Less", bx2, x1)),
                 ops("Or", ops("Greater", by1, y2), ops("Less", by2, y1)))
-    iw = ops("Sub", ops("Min", x2, bx2), ops("Max", x1, bx1))
-    ih = ops("Sub", ops("Min", y2, by2), ops("Max", y1, by1))
+
+    def std_max(p: str, q: str) -> str:
+        return ops("Where", ops("Less", p, q), q, p)
+
+    def std_min(p: str, q: str) -> str:
+        return ops("Where", ops("Less", q, p), q, p)
+
+    iw = ops("Sub", std_min(x2, bx2), std_max(x1, bx1))
+    ih = ops("Sub", std_min(y2, by2), std_max(y1, by1))
     inter = ops("Mul", iw, ih)
     zero = ops.f32(0.0)
     invalid = ops("Or", ops("Less", x2, x1), ops("Less", y2, y1))
