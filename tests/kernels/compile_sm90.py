@@ -34,6 +34,7 @@ EXPECTED = {
     "_sample_dx_kernel",
     "_stats_kernel",
     "_apply_kernel",
+    "_inference_kernel",
     "_grad_sums_kernel",
     "_dx_kernel",
 }
@@ -69,6 +70,10 @@ def _record_launches() -> list[tuple[JITFunction, tuple, dict]]:
                 blobs = (meta(256), meta(256), meta(1))
                 y = batch_norm_triton.batch_norm(x, *blobs, not train, 0.999, 1e-5, w, b, None)
                 torch.autograd.grad(y, [t for t in (x, w, b) if t is not None], torch.empty_like(y))
+        with torch.no_grad():  # inference: one kernel reading the blobs
+            for affine in (True, False):
+                w, b = (meta(256, dtype=dtype), meta(256, dtype=dtype)) if affine else (None, None)
+                batch_norm_triton.batch_norm(x, meta(256), meta(256), meta(1), True, 0.999, 1e-5, w, b, None)
     return launches
 
 

@@ -420,6 +420,40 @@ def test_batch_norm_nan_and_layout(backend):
         _close(a, b, scale=10.0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", ["plain", "affine", "s=0", "channels_last", "nan"])
+def test_batch_norm_inference_derives_the_statistics_in_the_kernel(backend, case, dtype, monkeypatch):
+    """Eval without autograd is one launch reading Caffe's three blobs (f = 0 if s == 0 else 1/s):
+    nothing else is launched, and it equals the torch path."""
+    mods, device = backend
+    shape = (2, 3, 45, 50) if case == "plain" else (2, 5, 4, 6)
+    x = _randn(shape, 8, 30.0) + 40.0
+    if case == "nan":
+        x[1, 2, 1, 1] = float("nan")
+    if case == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    blobs = _bn_blobs(shape[1])
+    if case == "s=0":
+        blobs[2] = torch.zeros(1)
+    affine = case != "plain"
+    w = torch.linspace(0.5, 2.0, shape[1]) if affine else None
+    b = torch.linspace(-1.0, 1.0, shape[1]) if affine else None
+    derived = []
+    module = sys.modules["caffenorm.functional.batch_norm"]
+    monkeypatch.setattr(module, "global_stats", lambda *a, _f=module.global_stats: derived.append(1) or _f(*a))
+    with torch.no_grad():
+        y = mods.batch_norm.batch_norm(
+            x.to(device, dtype), *(t.to(device) for t in blobs), True, 0.9, 1e-5,
+            None if w is None else w.to(device, dtype), None if b is None else b.to(device, dtype), None,
+        )
+        y_ref = caffenorm.functional.batch_norm(x.to(dtype), *blobs, True, 0.9, 1e-5,
+                                                None if w is None else w.to(dtype), None if b is None else b.to(dtype))
+    assert derived == [1]  # only the torch path derived them (as a separate step)
+    assert y.dtype == dtype and y.stride() == x.stride()
+    _close(y, y_ref, dtype, scale=max(1.0, float(y_ref.float().nan_to_num().abs().max())))
+    assert torch.equal(y.cpu().isnan(), y_ref.isnan())
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated:DeprecationWarning")
 def test_batch_norm_fits_leaves_special_cases_to_the_torch_path():
     assert kernels.batch_norm_fits(torch.ones(2, 3, 2, 2), use_global_stats=False)

@@ -11,7 +11,12 @@ fallback), with ``m`` = values per channel (N x spatial), float32 math for float
     global statistics: dx = w * rsqrt(var + eps) * g
     dw = sum(g * xhat),  db = sum(g)
 
-and Caffe's blob update after a training forward (``s <- lambda*s + 1``, ``b0 <- lambda*b0 + mu``,
+Inference without autograd (eval, no gradient wanted) is a single kernel that derives ``mu`` and
+``var`` from the three blobs itself, so a net's BatchNorm layers cost one launch each on a GPU
+(deriving the statistics with torch ops first meant eight more small launches per layer); with autograd,
+the statistics are derived with torch ops and the forward/backward kernels below run.
+
+Caffe's blob update after a training forward (``s <- lambda*s + 1``, ``b0 <- lambda*b0 + mu``,
 ``b1 <- lambda*b1 + m/(m-1) * var``), done here with a few torch ops on ``(C,)`` tensors.
 
 The statistics are exact to rounding for large mean offsets: each program reduces one block of a
@@ -87,6 +92,39 @@ def _apply_kernel(
     if HAS_W:
         a = a * tl.load(w_ptr + c).to(tl.float32)
     y = (x - tl.load(mean_ptr + c)) * a
+    if HAS_B:
+        y = y + tl.load(b_ptr + c).to(tl.float32)
+    tl.store(y_ptr + c64 * syc + n64 * syn + l * syl, y.to(y_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _inference_kernel(
+    x_ptr, y_ptr, msum_ptr, vsum_ptr, s_ptr, w_ptr, b_ptr, eps,
+    L, M, NB,
+    sxn, sxc, sxl,
+    syn, syc, syl,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Inference with the stored statistics, derived in the kernel from Caffe's blobs (nothing to
+    launch or cache beforehand): f = 0 if s == 0 else 1/s, mu = f*b0, var = f*b1,
+    y = (x - mu) * (rsqrt(var + eps) * w) + b."""
+    pid = tl.program_id(0)
+    c = pid // NB
+    j = (pid % NB) * BLOCK + tl.arange(0, BLOCK)
+    ok = j < M
+    n = j // L
+    l = j - n * L
+    c64 = c.to(tl.int64)
+    n64 = n.to(tl.int64)
+    x = tl.load(x_ptr + c64 * sxc + n64 * sxn + l * sxl, mask=ok, other=0.0).to(tl.float32)
+    s = tl.load(s_ptr).to(tl.float32)
+    f = tl.where(s == 0.0, 0.0, tl.div_rn(1.0, s))
+    mu = tl.load(msum_ptr + c).to(tl.float32) * f
+    var = tl.load(vsum_ptr + c).to(tl.float32) * f
+    a = tl.div_rn(1.0, tl.sqrt_rn(var + eps))
+    if HAS_W:
+        a = a * tl.load(w_ptr + c).to(tl.float32)
+    y = (x - mu) * a
     if HAS_B:
         y = y + tl.load(b_ptr + c).to(tl.float32)
     tl.store(y_ptr + c64 * syc + n64 * syn + l * syl, y.to(y_ptr.dtype.element_ty), mask=ok)
@@ -233,6 +271,29 @@ class _BatchNormFunction(torch.autograd.Function):
         return dx, dw, db, None, None, None, None
 
 
+def _needs_grad(*tensors: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _inference(
+    x3: Tensor, mean_sum: Tensor, var_sum: Tensor, scale_factor: Tensor, weight: Tensor | None,
+    bias: Tensor | None, eps: float,
+) -> Tensor:
+    """Eval forward without autograd: one launch, the statistics derived in the kernel (on a GPU
+    the per-layer launches, not the bytes, are what a small batch pays for)."""
+    c = x3.shape[1]
+    l, m, nb = _layout(x3)
+    y3 = torch.empty_like(x3)
+    with _device(x3):
+        w = weight.contiguous() if weight is not None else mean_sum  # placeholder pointer when unused
+        b = bias.contiguous() if bias is not None else mean_sum
+        _inference_kernel[(c * nb,)](
+            x3, y3, mean_sum.contiguous(), var_sum.contiguous(), scale_factor, w, b, float(eps), l, m, nb,
+            *x3.stride(), *y3.stride(), HAS_W=weight is not None, HAS_B=bias is not None, BLOCK=_BLOCK,
+        )  # fmt: skip
+    return y3
+
+
 def batch_norm(
     input: Tensor,
     mean_sum: Tensor,
@@ -257,6 +318,8 @@ def batch_norm(
     n, c = input.shape[0], input.shape[1]
     x3 = input.reshape(n, c, -1)
     if use_global_stats:
+        if stats is None and not _needs_grad(input, weight, bias):
+            return _inference(x3, mean_sum, var_sum, scale_factor, weight, bias, eps).view(input.shape)
         if stats is None:
             from caffenorm.functional.batch_norm import global_stats
 
