@@ -330,3 +330,24 @@ def test_a_data_layers_transform_param_is_the_inputs_transform(tmp_path):
     assert net.input_transform("label") is None
     with pytest.raises(caffenorm.ModelFileError, match=r"layer 'missing_mean' \(ImageData\).*nowhere\.binaryproto"):
         net.input_transform("other")
+
+
+@pytest.mark.parametrize("fold", [False, True], ids=["as-loaded", "folded"])
+@pytest.mark.parametrize("name", ["example", "alexnet", "zf", "resnet", "ssd_head"])
+def test_a_forward_reads_no_tensor_data_on_the_host(tmp_path, name, fold):
+    """On the meta device, tensors have shapes but no data, so any read of a value on the host (a
+    branch on the data, .item(), a numpy copy) fails: a forward that runs there makes no host
+    synchronisation on a GPU either (the layers' own ops run their fake kernels here; their GPU
+    kernels are checked in tests/kernels).  DetectionOutput is the one layer whose output size
+    needs the data."""
+    import zoo
+
+    proto, model, example = zoo.write(name, tmp_path)
+    net = caffenorm.load(proto, model, fold=fold).to("meta")
+    with torch.no_grad():
+        out = net(torch.empty(example.shape, device="meta"))
+    eager = caffenorm.load(proto, model, fold=fold)
+    with torch.no_grad():
+        want = eager(torch.from_numpy(example))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {k: tuple(v.shape) for k, v in want.items()}
+    assert all(v.device.type == "meta" for v in out.values())
