@@ -167,3 +167,20 @@ def test_res10_on_a_photo_keeps_caffes_126_rows(tmp_path: Path) -> None:
     assert caffe_rows.shape == (1, 1, 126, 7)
     if not notes:  # end to end: the same rows within float noise of the upstream layers
         np.testing.assert_allclose(rows["detection_out"], caffe_rows[0, 0, :, 1:], rtol=0, atol=5e-5)
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ("0=2 8=7", "code_type=7"),
+    ("8=2", "num_classes=0 must be >= 1"),
+    ("0=2 5=1.50000000e+00", "eta=1.5 must be in (0, 1]"),
+    ("0=2 3=-1.00000000e-01", "nms_threshold=-0.1"),
+    ("0=2 2=-1", "background_label_id -1"),
+])
+def test_a_bad_param_file_fails_at_load_param_naming_the_value(tmp_path: Path, params: str, message: str) -> None:
+    """What Caffe's LayerSetUp rejects, the custom layer rejects when ncnn reads the .param."""
+    (tmp_path / "det.param").write_text(
+        "7767517\n4 4\nInput loc 0 1 loc 0=8\nInput conf 0 1 conf 0=4\nInput prior 0 1 prior 0=8 1=2\n"
+        f"CaffeDetectionOutput det 3 1 loc conf prior out {params}\n")
+    with pytest.raises(caffenorm.LayerConfigError, match="CaffeDetectionOutput") as err:
+        register_custom_layers(ncnn.Net()).load_param(str(tmp_path / "det.param"))
+    assert message in str(err.value)

@@ -30,6 +30,7 @@ import numpy as np
 
 __all__ = [
     "CAFFE_DETECTION_OUTPUT",
+    "check_settings",
     "CODE_TYPE_IDS",
     "CUSTOM_LAYER_TYPES",
     "register_custom_layers",
@@ -78,6 +79,20 @@ def detection_settings(pd: Any) -> dict[str, Any]:
     }
 
 
+def check_settings(settings: dict[str, Any]) -> None:
+    """Caffe's ``LayerSetUp`` checks on the settings read from a ``.param``: a
+    :class:`~caffenorm.LayerConfigError` naming the layer type and the bad value."""
+    from caffenorm.caffe.ops.detection import _check_detection_settings
+    from caffenorm.errors import CaffeNormError, LayerConfigError
+
+    keys = ("num_classes", "share_location", "background_label_id", "nms_threshold", "top_k", "eta", "keep_top_k",
+            "confidence_threshold", "code_type")
+    try:
+        _check_detection_settings(*(settings[k] for k in keys))
+    except CaffeNormError as err:
+        raise LayerConfigError(f"ncnn layer {CAFFE_DETECTION_OUTPUT} (its .param values): {err.message}") from None
+
+
 def detection_rows(settings: dict[str, Any], loc: np.ndarray, conf: np.ndarray, prior: np.ndarray) -> np.ndarray:
     """``CaffeDetectionOutput`` on one image's flat bottoms: ``(K, 6)`` float32 rows (see the
     module docstring), computed by caffenorm's DetectionOutput."""
@@ -104,6 +119,7 @@ def _detection_output_class(ncnn: Any) -> type:
 
         def load_param(self, pd: Any) -> int:
             self.settings = detection_settings(pd)
+            check_settings(self.settings)  # a bad .param fails at load_param, as Caffe's LayerSetUp
             return 0
 
         def forward(self, bottom_blobs: Any, top_blobs: Any, opt: Any) -> int:
