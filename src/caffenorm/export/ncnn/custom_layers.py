@@ -30,9 +30,9 @@ import numpy as np
 
 __all__ = [
     "CAFFE_DETECTION_OUTPUT",
-    "check_settings",
     "CODE_TYPE_IDS",
     "CUSTOM_LAYER_TYPES",
+    "check_settings",
     "register_custom_layers",
 ]
 
