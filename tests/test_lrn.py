@@ -207,3 +207,23 @@ def test_lrn_across_overflowed_window_stays_inf_like_caffe_running_sum():
     x = torch.tensor([1.5e19, 1.5e19, 1.0, 1.0, 1.0, 1.0]).view(1, 6, 1, 1)
     y = lrn(x, 3, 3.0, 0.75, 1.0)
     assert torch.equal(y.flatten(), torch.zeros(6))
+
+
+@pytest.mark.parametrize("region", ["ACROSS_CHANNELS", "WITHIN_CHANNEL"])
+def test_lrn_channels_last_keeps_its_layout_and_the_same_values(region):
+    """A channels-last input (what ``net.to(memory_format=torch.channels_last)`` feeds it) gives
+    channels-last y, S and dx, equal bit for bit to the contiguous computation: the same
+    arithmetic per element, in another memory order."""
+    x = torch.randn(3, 11, 6, 7, dtype=torch.float32) * 4
+    x[1, 4, 2, 2] = float("nan")  # the running-sum emulation must see the same channel order
+    g = torch.randn_like(x)
+    xc = x.to(memory_format=torch.channels_last).requires_grad_(True)
+    xn = x.clone().requires_grad_(True)
+    yc, yn = lrn(xc, 5, 0.7, 0.75, 2.0, region), lrn(xn, 5, 0.7, 0.75, 2.0, region)
+    (dxc,), (dxn,) = torch.autograd.grad(yc, xc, g), torch.autograd.grad(yn, xn, g)
+    assert yc.is_contiguous(memory_format=torch.channels_last)
+    assert dxc.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(yc.nan_to_num(7.0), yn.nan_to_num(7.0)) and torch.equal(yc.isnan(), yn.isnan())
+    assert torch.equal(dxc.nan_to_num(7.0), dxn.nan_to_num(7.0))
+    s = torch.ops.caffenorm.lrn(xc.detach(), 5, 0.7, 0.75, 2.0, 0 if region == "ACROSS_CHANNELS" else 1)[1]
+    assert s.stride() == xc.stride()

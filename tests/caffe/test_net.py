@@ -351,3 +351,23 @@ def test_a_forward_reads_no_tensor_data_on_the_host(tmp_path, name, fold):
         want = eager(torch.from_numpy(example))
     assert {k: tuple(v.shape) for k, v in out.items()} == {k: tuple(v.shape) for k, v in want.items()}
     assert all(v.device.type == "meta" for v in out.values())
+
+
+@pytest.mark.parametrize("name", ["example", "alexnet", "zf", "resnet", "ssd"])
+def test_channels_last_nets_give_the_same_outputs(tmp_path, name):
+    """``net.to(memory_format=torch.channels_last)`` (the faster layout for convolutions on CPUs
+    and GPUs): every layer takes the strided blobs; the outputs agree with the contiguous net to
+    float32 rounding (the convolutions accumulate in another order), DetectionOutput row for row."""
+    import zoo
+
+    proto, model, _ = zoo.write(name, tmp_path)
+    x = torch.from_numpy(zoo.example_input(name, batch=2, seed=3))
+    plain = caffenorm.load(proto, model)
+    fast = caffenorm.load(proto, model).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        want, got = plain(x), fast(x.to(memory_format=torch.channels_last))
+    assert any(b.dim() == 4 and b.is_contiguous(memory_format=torch.channels_last) and not b.is_contiguous()
+               for b in fast.blobs.values())
+    for key, value in want.items():
+        assert got[key].shape == value.shape, key
+        torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-5 * float(value.abs().max()))

@@ -184,7 +184,7 @@ def _lrn_op(
     within = len(dims) == 2
     dtype = compute_dtype(x)
     y = torch.empty_like(x)
-    s_all = torch.empty(x.shape, dtype=dtype, device=x.device)
+    s_all = torch.empty_like(x, dtype=dtype)  # x's layout: channels-last stays channels-last
     for rows in batch_slices(x):
         xc = x[rows].to(dtype)
         # Caffe scales each square by alpha/n before summing the window (caffe_axpy).
@@ -205,7 +205,7 @@ def _lrn_fake(
     x: Tensor, local_size: int, alpha: float, beta: float, k: float, norm_region: int
 ) -> tuple[Tensor, Tensor]:
     # Same allocations as the real kernel, so shapes, dtypes, devices and strides all agree.
-    return torch.empty_like(x), torch.empty(x.shape, dtype=compute_dtype(x), device=x.device)
+    return torch.empty_like(x), torch.empty_like(x, dtype=compute_dtype(x))
 
 
 @torch.library.custom_op(

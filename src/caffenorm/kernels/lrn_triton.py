@@ -25,7 +25,7 @@ This is exactly the torch path's ``_poison_like_running_sum``, so results agree 
 NaN for NaN.  WITHIN_CHANNEL is Caffe's pooling, a direct sum: NaN stays in its own window.
 
 Layout: any strides (NCHW, channels-last, expanded gradients) are read and written in place, no
-copies; ``y``/``dx`` follow ``torch.empty_like(x)`` and ``S`` is contiguous, as on the torch path.
+copies; ``y``/``dx`` and ``S`` follow ``torch.empty_like(x)``, as on the torch path.
 """
 
 from __future__ import annotations
@@ -321,13 +321,13 @@ def lrn_forward(
     x: Tensor, local_size: int, alpha: float, beta: float, k: float, norm_region: int
 ) -> tuple[Tensor, Tensor]:
     """Caffe LRN forward; returns ``(y, S)`` like ``caffenorm::lrn`` (``y`` in ``x``'s dtype and
-    ``torch.empty_like(x)`` layout, ``S`` float32 contiguous).  The settings are not validated here:
+    ``torch.empty_like(x)`` layout, ``S`` float32 in the same layout).  The settings are not validated here:
     the op validates them before dispatching."""
     _check_input(x, "input")
     half, coef, shift, _ = _lrn_settings(local_size, alpha, k, norm_region)
     mode, neg = _beta_mode(float(beta))
     y = torch.empty_like(x)
-    s_all = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    s_all = torch.empty_like(x, dtype=torch.float32)
     if x.numel() == 0:
         return y, s_all
     n, c, h, w = x.shape
