@@ -1,5 +1,6 @@
 """Fuzz caffenorm for a while: mutated prototxts and caffemodels through ``caffenorm.load`` + one
-forward (and, for a share of them, ``caffenorm info``), counting the outcomes.  Every outcome must
+forward (and, for a share of them, ``caffenorm info``, and ONNX and ncnn exports with their
+checks: ``--export-share``), counting the outcomes.  Every outcome must
 be a success or a ``CaffeNormError``; anything else is an ESCAPE (a bug), and so is a case that
 runs past ``--case-seconds`` (HANG).  Run from the repository root:
 
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="memory budget of each case in bytes (default 16 MiB)")
     parser.add_argument("--case-seconds", type=int, default=20, help="a case running longer is a HANG (default 20)")
     parser.add_argument("--cli-share", type=float, default=0.1, help="share of cases also run through 'info'")
+    parser.add_argument("--export-share", type=float, default=0.0,
+                        help="share of cases also exported to ONNX and ncnn, with the exports' own checks")
     parser.add_argument("--seeds", default=",".join(fuzzing.SEED_NAMES),
                         help=f"seed nets, comma-separated (default: {','.join(fuzzing.SEED_NAMES)})")
     args = parser.parse_args(argv)
@@ -71,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(fuzzing.run_case(proto, model, case.phase, args.memory_limit, case.fold, case.outputs))
                 if rng.random() < args.cli_share:
                     results.append("cli " + fuzzing.run_cli_case(proto, model, args.memory_limit))
+                if results[0] == "ok" and rng.random() < args.export_share:
+                    for fmt in ("onnx", "ncnn"):
+                        results.append(fuzzing.run_export_case(proto, model, fmt, work / "case", args.memory_limit))
             except _Hang:
                 results.append("HANG")
             finally:

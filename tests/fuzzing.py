@@ -676,6 +676,43 @@ def run_case(
     return "ok"
 
 
+def run_export_case(
+    proto: Path, model: Path | None, fmt: str, directory: Path, memory_limit: float = DEFAULT_LIMIT
+) -> str:
+    """``caffenorm.load`` then ``to_onnx`` / ``to_ncnn`` (``fmt``) with its verification, for a
+    net that loads: ``"<fmt> ok"``, ``"<fmt> <CaffeNormError subclass>"`` (a refusal, a mismatch
+    found by the check) or ``"<fmt> ESCAPE:<type>"``; ``"<fmt> skip"`` when the net does not load
+    or its runtime package is missing (those are other outcomes)."""
+    from caffenorm.errors import ExportError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            net = caffenorm.load(proto, model, memory_limit=memory_limit)
+    except Exception:  # noqa: BLE001 - loading is run_case's outcome
+        return f"{fmt} skip"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if fmt == "onnx":
+                from caffenorm.export import to_onnx
+
+                to_onnx(net, directory / "case.onnx", batch_sizes=(1, 2))
+            else:
+                from caffenorm.export.ncnn import to_ncnn
+
+                to_ncnn(net, directory / "case.param", batch_sizes=(1, 2))
+    except ExportError as err:
+        if "pip install" in str(err):
+            return f"{fmt} skip"
+        return f"{fmt} {_check_error(err)}"
+    except caffenorm.CaffeNormError as err:
+        return f"{fmt} {_check_error(err)}"
+    except Exception as err:  # noqa: BLE001 - classifying every escape is the point
+        return f"{fmt} ESCAPE:{type(err).__name__}"
+    return f"{fmt} ok"
+
+
 def run_cli_case(proto: Path, model: Path | None, memory_limit: float = DEFAULT_LIMIT) -> str:
     """``caffenorm info PROTO [MODEL]`` in-process: ``"rc=N"`` for a return code in {0, 1, 2},
     ``"ESCAPE:..."`` for any other code or an exception."""

@@ -117,6 +117,11 @@ LRN_CASES = [
     (5, 2.0, 0.5, 1.0, 3, "WITHIN_CHANNEL"),  # window larger than H = 4
     (1, 0.5, 1.0, 1.0, 3, "WITHIN_CHANNEL"),
     (7, 4.0, 0.75, 2.0, 2, "WITHIN_CHANNEL"),
+    # onnxruntime's LRN refuses alpha <= 0 and beta <= 0, which Caffe takes: composed ops instead
+    (5, 0.0, 0.75, 2.0, 8, "ACROSS_CHANNELS"),
+    (3, -0.1, 0.75, 4.0, 6, "ACROSS_CHANNELS"),  # k + alpha/n * sum stays positive
+    (5, 1.0, 0.0, 2.0, 3, "ACROSS_CHANNELS"),
+    (7, 1.5, -0.75, 3.0, 2, "ACROSS_CHANNELS"),  # channels < local_size
 ]
 
 
@@ -126,8 +131,10 @@ def test_lrn(tmp_path, n, alpha, beta, k, channels, region):
     net = load_net(tmp_path, _layer("LRN", param), {"data": (2, channels, 4, 5)})
     _, path = export(net, tmp_path)
     ops = [node.op_type for node in onnx.load(path).graph.node]
-    if region == "ACROSS_CHANNELS":
+    if region == "ACROSS_CHANNELS" and alpha > 0 and beta > 0:
         assert ops == ["LRN"]
+    elif region == "ACROSS_CHANNELS":
+        assert "LRN" not in ops and "AveragePool" in ops
     else:
         assert "LRN" not in ops and "Pad" in ops and "AveragePool" in ops
     # and directly against the float64 Caffe oracle, on data where the normalisation is strong

@@ -18,8 +18,7 @@ __all__ = ["export_batch_norm", "export_bias", "export_lrn", "export_normalize",
 
 @register_exporter(LRN)
 def export_lrn(node: Node, ctx: ExportContext) -> None:
-    """ACROSS_CHANNELS: ``LRN(size, alpha, beta, bias=k)``; WITHIN_CHANNEL: ``Mul(x, x)``, zero ``Pad``
-    (n-1)/2, ``AveragePool`` (n x n, divisor n*n), ``Mul(alpha)``, ``Add(1)``, ``Pow(-beta)``, ``Mul(x)``.
+    """ACROSS_CHANNELS: ``LRN(size, alpha, beta, bias=k)`` (alpha or beta <= 0, which onnxruntime's LRN refuses: the same over channels as WITHIN's chain with an n x 1 x 1 pool and ``Add(k)``); WITHIN_CHANNEL: ``Mul(x, x)``, zero ``Pad`` (n-1)/2, ``AveragePool`` (n x n, divisor n*n), ``Mul(alpha)``, ``Add(1)``, ``Pow(-beta)``, ``Mul(x)``.
 
     ACROSS: ONNX's LRN is ``x / (bias + alpha/size * sum)^beta`` over channels
     ``c - floor((size-1)/2) .. c + ceil((size-1)/2)`` clipped to the existing ones, which for Caffe's
@@ -38,10 +37,20 @@ def export_lrn(node: Node, ctx: ExportContext) -> None:
     assert isinstance(lrn, LRN)
     x = ctx.input(0)
     n = lrn.local_size
-    if lrn.norm_region == NormRegion.ACROSS_CHANNELS:
-        ctx.op("LRN", x, top=0, size=n, alpha=float(lrn.alpha), beta=float(lrn.beta), bias=float(lrn.k))
-        return
     p = (n - 1) // 2
+    if lrn.norm_region == NormRegion.ACROSS_CHANNELS:
+        if lrn.alpha > 0 and lrn.beta > 0:
+            ctx.op("LRN", x, top=0, size=n, alpha=float(lrn.alpha), beta=float(lrn.beta), bias=float(lrn.k))
+            return
+        # onnxruntime refuses an LRN node with alpha <= 0 or beta <= 0 (Caffe takes any value): the
+        # same window over channels as an AveragePool of the squares on an added axis.
+        sq = ctx.op("Unsqueeze", ctx.op("Mul", x, x), ctx.ints([1]))  # (N, 1, C, H, W)
+        padded = ctx.op("Pad", sq, ctx.ints([0, 0, p, 0, 0, 0, 0, p, 0, 0]), ctx.const(0.0), mode="constant")
+        mean = ctx.op("AveragePool", padded, kernel_shape=[n, 1, 1], strides=[1, 1, 1], count_include_pad=1)
+        scaled = ctx.op("Mul", ctx.op("Squeeze", mean, ctx.ints([1])), ctx.const(lrn.alpha))
+        factor = ctx.op("Pow", ctx.op("Add", scaled, ctx.const(lrn.k)), ctx.const(-lrn.beta))
+        ctx.op("Mul", x, factor, top=0)
+        return
     sq = ctx.op("Mul", x, x)
     # Explicit zero padding, then an unpadded pool: the divisor is n*n everywhere, as Caffe's.  (The
     # same as AveragePool(pads=p, count_include_pad=1) by ONNX's definition, but readers that ignore
