@@ -759,3 +759,14 @@ def test_layers_touching_the_batch_axis_or_without_ncnn_counterpart_are_refused(
     net = _net(tmp_path, {"data": (1, 3, 5, 5)}, layer)
     with pytest.raises(ExportError, match=match):
         to_ncnn(net, tmp_path / "net.param")
+
+
+@pytest.mark.parametrize("layer", ['type: "Flatten"', 'type: "Split"', 'type: "Concat"', 'type: "Softmax"'])
+def test_a_layer_reading_an_input_of_unknown_shape_is_refused_not_crashed(tmp_path: Path, layer: str) -> None:
+    """Found by fuzzing (scripts/fuzz.py --export-share): the shape inference for batch sizes 1 and
+    2 met the input's unknown shape and raised a TypeError; now the layer is refused, naming it."""
+    text = f'name: "t"\nlayer {{ name: "data" type: "Input" top: "data" }}\nlayer {{ name: "r" {layer} bottom: "data" top: "r" }}\n'
+    proto, model = write_model(tmp_path, text, None)
+    with pytest.raises(ExportError, match="layer 'r'") as err:
+        to_ncnn(caffenorm.load(proto, model), tmp_path / "net.param", verify=False)
+    assert "data" in str(err.value)

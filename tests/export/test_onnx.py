@@ -883,3 +883,12 @@ def test_every_layer_module_has_an_exporter():
                and not c.__name__.startswith("_")]
     missing = [c.__name__ for c in modules if _registry.get_exporter(c.__new__(c)) is None]
     assert not missing
+
+
+def test_a_model_onnxruntime_cannot_run_is_an_export_error(tmp_path):
+    """Found by fuzzing: an LRN whose window (2**30 + 1 channels) onnxruntime tries to allocate
+    failed inside session.run with onnxruntime's own exception; the check reports it instead."""
+    net = load_net(tmp_path, _layer("LRN", "lrn_param { local_size: 1073741825 alpha: 1 beta: 0.75 }"),
+                   {"data": (1, 4, 3, 3)})
+    with pytest.raises(ExportError, match="onnxruntime .* could not run the written model"):
+        export(net, tmp_path)

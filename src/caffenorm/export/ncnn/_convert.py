@@ -86,10 +86,13 @@ def convert(net: Any) -> NcnnModel:
                     outs.append(((1, *declared[1:]), (2, *declared[1:])))
         else:
             ins = [shapes[graph.producer(i, j)] for j in range(len(node.bottoms))]
+            unknown = [b for b, s in zip(node.bottoms, ins) if any(d is None for d in (*s[0], *s[1]))]
             try:
+                if unknown:
+                    raise ValueError(f"its bottom {unknown[0]!r} has no known shape")
                 ones = _output_shapes(node, [s[0] for s in ins])
                 twos = _output_shapes(node, [s[1] for s in ins])
-            except (CaffeNormError, RuntimeError, ValueError) as err:
+            except (CaffeNormError, RuntimeError, ValueError, TypeError, IndexError) as err:
                 why = err.message if isinstance(err, CaffeNormError) else str(err)
                 node_problem = f"its output shapes cannot be inferred for a batch of 2 ({why})"
                 ones = twos = [(None,)] * len(node.tops)

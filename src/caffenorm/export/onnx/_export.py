@@ -302,10 +302,15 @@ def _verify(
             expected = run_eager(net, feeds, names)
         except (CaffeNormError, RuntimeError, ValueError) as err:
             raise ExportError(f"caffenorm's own net cannot run the check's inputs at batch size {batch}: {err}") from err
-        got: dict[str, np.ndarray] = dict(zip(built.outputs, session.run(out_names, feeds)))
-        if probe is not None:
-            by_value = dict(zip(values, probe.run(values, feeds)))
-            got.update({blob: by_value[value] for blob, value in inner.items()})
+        try:
+            got: dict[str, np.ndarray] = dict(zip(built.outputs, session.run(out_names, feeds)))
+            by_value = dict(zip(values, probe.run(values, feeds))) if probe is not None else {}
+        except Exception as err:  # noqa: BLE001 - onnxruntime's error types derive from Exception only
+            raise ExportError(
+                f"onnxruntime {ort.__version__} could not run the written model {path} at batch size {batch}: "
+                f"{str(err).strip()}"
+            ) from None
+        got.update({blob: by_value[value] for blob, value in inner.items()})
         got.update({blob: feeds[value] for blob, value in fed.items()})
         for blob, rows in _detections_on_runtime_bottoms(net, got).items():
             # Float noise upstream (~1e-6) can swap two nearly equal scores and reorder rows: the
