@@ -131,7 +131,9 @@ def test_lrn(tmp_path, n, alpha, beta, k, channels, region):
     net = load_net(tmp_path, _layer("LRN", param), {"data": (2, channels, 4, 5)})
     _, path = export(net, tmp_path)
     ops = [node.op_type for node in onnx.load(path).graph.node]
-    if region == "ACROSS_CHANNELS" and alpha > 0 and beta > 0:
+    if region == "ACROSS_CHANNELS" and (n - 1) // 2 >= channels - 1:  # the window reaches every channel
+        assert "LRN" not in ops and "ReduceSumSquare" in ops
+    elif region == "ACROSS_CHANNELS" and alpha > 0 and beta > 0:
         assert ops == ["LRN"]
     elif region == "ACROSS_CHANNELS":
         assert "LRN" not in ops and "AveragePool" in ops
@@ -885,10 +887,30 @@ def test_every_layer_module_has_an_exporter():
     assert not missing
 
 
-def test_a_model_onnxruntime_cannot_run_is_an_export_error(tmp_path):
-    """Found by fuzzing: an LRN whose window (2**30 + 1 channels) onnxruntime tries to allocate
-    failed inside session.run with onnxruntime's own exception; the check reports it instead."""
-    net = load_net(tmp_path, _layer("LRN", "lrn_param { local_size: 1073741825 alpha: 1 beta: 0.75 }"),
-                   {"data": (1, 4, 3, 3)})
-    with pytest.raises(ExportError, match="onnxruntime .* could not run the written model"):
+def test_a_model_onnxruntime_cannot_run_is_an_export_error(tmp_path, monkeypatch):
+    """Found by fuzzing: onnxruntime failing inside session.run (there, an LRN window it tried to
+    allocate) escaped as its own exception; the check reports it as an ExportError."""
+    import onnxruntime
+
+    def fail(self, *args, **kwargs):
+        raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Failed to allocate memory")
+
+    monkeypatch.setattr(onnxruntime.InferenceSession, "run", fail)
+    net = load_net(tmp_path, _layer("ReLU"), {"data": (1, 4, 3, 3)})
+    with pytest.raises(ExportError, match="onnxruntime .* could not run the written model .* Failed to allocate"):
         export(net, tmp_path)
+
+
+@pytest.mark.parametrize("n", [17, 2147483647])
+def test_lrn_window_wider_than_the_channels_is_a_reduce_sum(tmp_path, n):
+    """A window covering every channel at every channel is a sum over all channels; runtimes size
+    their LRN work by the window (2**31 - 1 ran for minutes in onnxruntime, found by fuzzing)."""
+    param = f"lrn_param {{ local_size: {n} alpha: 1.5 beta: 0.75 k: 2 }}"
+    net = load_net(tmp_path, _layer("LRN", param), {"data": (2, 4, 3, 5)})
+    _, path = export(net, tmp_path)
+    ops = [node.op_type for node in onnx.load(path).graph.node]
+    assert "LRN" not in ops and "ReduceSumSquare" in ops
+    x = (np.random.default_rng(3).standard_normal((2, 4, 3, 5)) * 2).astype(np.float32)
+    (y,) = run_file(path, {"data": x})
+    np.testing.assert_allclose(y, caffe_ref.lrn(x.astype(np.float64), n, 1.5, 0.75, 2.0, "ACROSS_CHANNELS"),
+                               rtol=2e-6, atol=1e-7)

@@ -18,7 +18,7 @@ __all__ = ["export_batch_norm", "export_bias", "export_lrn", "export_normalize",
 
 @register_exporter(LRN)
 def export_lrn(node: Node, ctx: ExportContext) -> None:
-    """ACROSS_CHANNELS: ``LRN(size, alpha, beta, bias=k)`` (alpha or beta <= 0, which onnxruntime's LRN refuses: the same over channels as WITHIN's chain with an n x 1 x 1 pool and ``Add(k)``); WITHIN_CHANNEL: ``Mul(x, x)``, zero ``Pad`` (n-1)/2, ``AveragePool`` (n x n, divisor n*n), ``Mul(alpha)``, ``Add(1)``, ``Pow(-beta)``, ``Mul(x)``.
+    """ACROSS_CHANNELS: ``LRN(size, alpha, beta, bias=k)`` (a window reaching all channels: ``ReduceSumSquare`` over them; alpha or beta <= 0, which onnxruntime's LRN refuses: the same over channels as WITHIN's chain with an n x 1 x 1 pool and ``Add(k)``); WITHIN_CHANNEL: ``Mul(x, x)``, zero ``Pad`` (n-1)/2, ``AveragePool`` (n x n, divisor n*n), ``Mul(alpha)``, ``Add(1)``, ``Pow(-beta)``, ``Mul(x)``.
 
     ACROSS: ONNX's LRN is ``x / (bias + alpha/size * sum)^beta`` over channels
     ``c - floor((size-1)/2) .. c + ceil((size-1)/2)`` clipped to the existing ones, which for Caffe's
@@ -39,6 +39,16 @@ def export_lrn(node: Node, ctx: ExportContext) -> None:
     n = lrn.local_size
     p = (n - 1) // 2
     if lrn.norm_region == NormRegion.ACROSS_CHANNELS:
+        channels = ctx.in_shape(0)[1] if len(ctx.in_shape(0)) > 1 else None
+        if type(channels) is int and p >= channels - 1:
+            # A window reaching every channel from every channel sums all of them; written as a
+            # ReduceSum, since runtimes size their LRN work by the window (a local_size of 2**31 - 1
+            # ran for minutes in onnxruntime).
+            total = ctx.reduce_sum_square(x, [1])
+            scaled = ctx.op("Mul", total, ctx.const(lrn.alpha / n))
+            factor = ctx.op("Pow", ctx.op("Add", scaled, ctx.const(lrn.k)), ctx.const(-lrn.beta))
+            ctx.op("Mul", x, factor, top=0)
+            return
         if lrn.alpha > 0 and lrn.beta > 0:
             ctx.op("LRN", x, top=0, size=n, alpha=float(lrn.alpha), beta=float(lrn.beta), bias=float(lrn.k))
             return
