@@ -119,6 +119,12 @@ LRN_CASES = [
     pytest.param((1, 2, 3, 5), "local_size: 7 alpha: 0.3 beta: 0.75 k: 0.5 norm_region: WITHIN_CHANNEL",
                  id="within-window>image"),
     pytest.param((1, 3, 4, 4), "local_size: 1 alpha: 0.5 beta: 1.0 norm_region: WITHIN_CHANNEL", id="within-1"),
+    # Windows far past the channels / the image: written narrower, alpha rescaled (fuzzing found
+    # ncnn spending seconds walking a 2**31 - 1 window).
+    pytest.param((1, 4, 3, 5), "local_size: 17 alpha: 3.0 beta: 0.75 k: 2", id="across-17-on-4-channels"),
+    pytest.param((1, 3, 3, 4), "local_size: 13 alpha: 20.0 beta: 0.75 norm_region: WITHIN_CHANNEL",
+                 id="within-13-on-3x4"),
+    pytest.param((1, 4, 3, 3), "local_size: 2147483647 alpha: 1e9 beta: 0.75 k: 2", id="across-2**31-1"),
 ]
 
 
