@@ -733,3 +733,19 @@ def test_deconvolution_vs_opencv(tmp_path, shape, text):
     np.testing.assert_allclose(cv_out, ours, rtol=1e-4, atol=1e-4)
     # Not compared: dilated Deconvolution. OpenCV 4.x leaves dilation out of the output size
     # (kernel 2, dilation 2, stride 3, input 4 -> OpenCV 11, Caffe 3*3 + 2*1 + 1 = 12).
+
+
+@pytest.mark.parametrize("method", ["MAX", "AVE"])
+@pytest.mark.parametrize("stride", [(7, 5), (4096, 4096), (1, 4096)])
+def test_windows_past_the_input_cost_nothing_and_match_the_reference(method, stride):
+    """Windows that start past the input (ceil mode, stride > kernel, no padding) are appended as
+    constants instead of read from an input padded out to them, which at stride 4096 meant a
+    4099 x 4099 copy per channel (found by fuzzing the exporters).  The values, -0 / +0 / NaN
+    included, stay the reference's."""
+    x = torch.randn(2, 3, 16, 13, dtype=torch.float64)
+    got = caffe_pool2d(x, method, (3, 3), stride, (0, 0))
+    want = ref_pool(x.numpy(), method, (3, 3), stride, (0, 0))
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(np.signbit(got.numpy()), np.signbit(want))  # -0 where Caffe divides by < 0
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-13, atol=0)
+    assert got.shape[-1] * got.shape[-2] > 1  # some window lies past the input

@@ -307,6 +307,9 @@ POOL_CASES = [
     pytest.param((1, 2, 4, 4), "pool: AVE kernel_size: 1 stride: 2", id="ave-empty-window-nan"),
     pytest.param((1, 2, 5, 7), "pool: MAX kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 3 pad_h: 1 pad_w: 1",
                  id="max-hw-fields"),
+    # Windows past the input appended by a Padding layer (-FLT_MAX), not read from a padded input.
+    pytest.param((1, 3, 16, 13), "pool: MAX kernel_size: 3 stride: 4096", id="max-stride-4096"),
+    pytest.param((1, 2, 5, 9), "pool: MAX kernel_h: 2 kernel_w: 1 stride_h: 4 stride_w: 5", id="max-windows-past"),
 ]
 
 

@@ -250,6 +250,13 @@ def _fits(
     return all((o - 1) * s + k <= n + 2 * p for n, o, k, s, p in zip(hw, out, kernel, stride, pad))
 
 
+def _inside(hw: IntPair, out: IntPair, stride: IntPair, pad: IntPair) -> IntPair:
+    """How many windows per axis start inside the padded input; the others (ceil mode, stride >
+    kernel, no padding) read nothing, and padding the input out to them would cost memory in
+    proportion to ``stride x out`` (a stride of 4096 on 16 x 13: 4099 x 4099 per channel)."""
+    return tuple(min(o, (n + 2 * p - 1) // s + 1) for o, n, s, p in zip(out, hw, stride, pad))  # type: ignore[return-value]
+
+
 def _avg_pool(x: Tensor, hw: IntPair, out: IntPair, kernel: IntPair, stride: IntPair, pad: IntPair) -> Tensor:
     """Caffe's AVE pooling, ``sum(clipped window) / pool_size``, with standard ops only (see the
     module docstring): one ``F.avg_pool2d`` where its divisor ``kh*kw`` is Caffe's everywhere, else
@@ -259,9 +266,12 @@ def _avg_pool(x: Tensor, hw: IntPair, out: IntPair, kernel: IntPair, stride: Int
         # torch's floor-mode count equals Caffe's here: the windows fit, and Caffe's drop rule never
         # removes a window that fits (it starts before size + 2*pad - kernel < size + pad).
         return F.avg_pool2d(x, kernel, stride, pad, ceil_mode=False, count_include_pad=True)
-    y = F.avg_pool2d(_pad_to_windows(x, hw, out, kernel, stride, pad, 0.0), kernel, stride)
+    inside = _inside(hw, out, stride, pad)
+    y = F.avg_pool2d(_pad_to_windows(x, hw, inside, kernel, stride, pad, 0.0), kernel, stride)
     if fits:
         return y  # pad > kernel/2, which torch's own padding refuses; divisors are all kh*kw
+    if inside != out:  # windows past the input: a zero sum, which the map below makes 0 / pool_size
+        y = F.pad(y, (0, out[1] - inside[1], 0, out[0] - inside[0]), value=0.0)
     div_h = _ave_divisor(out[0], hw[0], kernel[0], stride[0], pad[0])
     div_w = _ave_divisor(out[1], hw[1], kernel[1], stride[1], pad[1])
     # kh*kw / pool_size in float64, then rounded once to the compute dtype: inf where pool_size is
@@ -369,8 +379,11 @@ def caffe_pool2d(
     hw, out = (H, W), (out_h, out_w)
     if name == "MAX":
         # -inf never wins against an image value; Caffe's running max starts at -FLT_MAX.
-        y = F.max_pool2d(_pad_to_windows(x, hw, out, kernel, stride, pad, float("-inf")), kernel, stride)
+        inside = _inside(hw, out, stride, pad)
+        y = F.max_pool2d(_pad_to_windows(x, hw, inside, kernel, stride, pad, float("-inf")), kernel, stride)
         y = torch.clamp(y, min=-_FLT_MAX)
+        if inside != out:  # windows past the input hold nothing: Caffe's -FLT_MAX
+            y = F.pad(y, (0, out[1] - inside[1], 0, out[0] - inside[0]), value=-_FLT_MAX)
     else:
         y = _avg_pool(x, hw, out, kernel, stride, pad)
     return y.to(orig_dtype)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from caffenorm.caffe.layers.pooling import Pooling
-from caffenorm.caffe.ops.pooling import pooled_size
+from caffenorm.caffe.ops.pooling import _FLT_MAX, pooled_size
 from caffenorm.export.ncnn._model import Blob, EmitContext, ParamValue
 from caffenorm.export.ncnn._registry import register_emitter
 
@@ -55,7 +55,7 @@ PADDING_VALUE: Final = 5
 
 @register_emitter(Pooling)
 def emit_pooling(ctx: EmitContext, module: Pooling, bottoms: Sequence[Blob]) -> list[Blob]:
-    """ncnn Pooling: 0=pooling_type, 1/11=kernel, 2/12=stride, 3/13/14/15=pad left/top/right/bottom (Caffe's plus the tail its rounding reads), 5=pad_mode 1, 6=avgpool_count_include_pad 1; AVE windows overhanging the padded input: Padding (0-3, 4=0, 5=0) + Pooling with 6=0; global: the H x W kernel."""
+    """ncnn Pooling: 0=pooling_type, 1/11=kernel, 2/12=stride, 3/13/14/15=pad left/top/right/bottom (Caffe's plus the tail its rounding reads), 5=pad_mode 1, 6=avgpool_count_include_pad 1; MAX windows starting past the input: Padding (-FLT_MAX) after the Pooling; AVE windows overhanging the padded input: Padding (0-3, 4=0, 5=0) + Pooling with 6=0; global: the H x W kernel."""
     (x,) = bottoms
     if module.top_mask:
         raise ctx.refuse("the MAX mask top (Caffe's second top) has no ncnn counterpart")
@@ -115,11 +115,25 @@ def emit_pooling(ctx: EmitContext, module: Pooling, bottoms: Sequence[Blob]) -> 
             POOLING_COUNT_INCLUDE_PAD: 0,
         })
         return [ctx.layer("Pooling", [source], params)]
+    # MAX windows that start beyond the padded input (stride > kernel, no padding) hold nothing:
+    # Caffe gives them -FLT_MAX.  They are appended to the pooled output by a Padding layer rather
+    # than read from an input padded out to them (a stride of 4096 on 16 x 13 took 9 s that way).
+    inside = tuple(min(o, (n + 2 * p - 1) // s + 1) for o, n, s, p in zip(out, hw, stride, pad))
+    ends = [(i - 1) * s + k for i, s, k in zip(inside, stride, kernel)]
     # Caffe's pads, and at the bottom/right what its last window reads beyond them (for MAX the
-    # -FLT_MAX padding never wins over an image value and is what Caffe gives an empty window).
+    # -FLT_MAX padding never wins over an image value).
     tail = [max(0, e - n - p) for e, n, p in zip(ends, hw, pad)]
     params.update({
         POOLING_PAD_LEFT: pad[1], POOLING_PAD_TOP: pad[0], POOLING_PAD_RIGHT: tail[1], POOLING_PAD_BOTTOM: tail[0],
         POOLING_COUNT_INCLUDE_PAD: 1,
     })
-    return [ctx.layer("Pooling", [x], params)]
+    if inside == out:
+        return [ctx.layer("Pooling", [x], params)]
+    pooled = ctx.layer("Pooling", [x], params, shape=(channels, *inside), suffix="inside")
+    empty = [o - i for o, i in zip(out, inside)]
+    return [ctx.layer(
+        "Padding",
+        [pooled],
+        {PADDING_TOP: 0, PADDING_BOTTOM: empty[0], PADDING_LEFT: 0, PADDING_RIGHT: empty[1], PADDING_TYPE: 0,
+         PADDING_VALUE: -_FLT_MAX},
+    )]

@@ -61,24 +61,42 @@ def export_pooling(node: Node, ctx: ExportContext) -> None:
     out = tuple(
         pooled_size(n, k, s, p, pool.round_mode, any_pad=any_pad) for n, k, s, p in zip(hw, kernel, stride, pad)
     )
-    # Where the last window ends, relative to the unpadded input: the input is padded up to there.
-    # Input beyond it, which no window reads, needs no crop: a floor-mode pooling of the padded
-    # input gives exactly ``out`` windows either way (Caffe's ceil count, after its drop rule, never
-    # exceeds the floor count of windows that start before that end).
-    ends = [(o - 1) * s + k - p for o, s, k, p in zip(out, stride, kernel, pad)]
+    # Windows that start beyond the padded input read nothing (possible when the stride exceeds
+    # the kernel).  Padding the input out to them would cost (stride x outputs)^2 values per
+    # channel (a stride of 4096 on a 16 x 16 input took gigabytes, found by fuzzing), so only the
+    # windows that start inside it are pooled (``inside``) and the rest are appended to the
+    # pooled output as constants: -FLT_MAX for MAX; for AVE a zero sum, which the divisor map
+    # below turns into Caffe's 0 / pool_size (-0, +0 or NaN).
+    inside = tuple(min(o, (n + 2 * p - 1) // s + 1) for o, n, s, p in zip(out, hw, stride, pad))
+    tail = [o - i for o, i in zip(out, inside)]
+    # Where the last of those windows ends, relative to the unpadded input: the input is padded up to
+    # there.  Input beyond it, which no window reads, needs no crop: a floor-mode pooling of the
+    # padded input gives exactly ``inside`` windows either way (Caffe's ceil count, after its drop
+    # rule, never exceeds the floor count of windows that start before that end).
+    ends = [(o - 1) * s + k - p for o, s, k, p in zip(inside, stride, kernel, pad)]
     after = [max(0, e - n) for e, n in zip(ends, hw)]
+
+    def append_tail(y: str, value: float, **top: int) -> str:
+        return ctx.op("Pad", y, ctx.ints([0, 0, 0, 0, 0, 0, tail[0], tail[1]]), ctx.const(value), mode="constant",
+                      **top)
 
     if pool.pool == "MAX":
         # A window that starts beyond the image (possible only without padding) holds no value.
-        empty = any((o - 1) * s - p >= n for o, s, p, n in zip(out, stride, pad, hw))
+        empty = any((i - 1) * s - p >= n for i, s, p, n in zip(inside, stride, pad, hw))
         if not empty:
             # MaxPool's pads never win a maximum; asymmetric end pads give Caffe's window count.
-            ctx.op("MaxPool", x, top=0, kernel_shape=list(kernel), strides=list(stride),
-                   pads=[pad[0], pad[1], after[0], after[1]])
+            pads = [pad[0], pad[1], after[0], after[1]]
+            if not any(tail):
+                ctx.op("MaxPool", x, top=0, kernel_shape=list(kernel), strides=list(stride), pads=pads)
+                return
+            y = ctx.op("MaxPool", x, kernel_shape=list(kernel), strides=list(stride), pads=pads)
+            append_tail(y, -_FLT_MAX, top=0)  # Caffe's running max starts at -FLT_MAX
             return
         padded = ctx.op("Pad", x, ctx.ints([0, 0, pad[0], pad[1], 0, 0, after[0], after[1]]),
                         ctx.const(-np.inf), mode="constant")
         y = ctx.op("MaxPool", padded, kernel_shape=list(kernel), strides=list(stride))
+        if any(tail):
+            y = append_tail(y, -np.inf)
         ctx.op("Max", y, ctx.const(-_FLT_MAX), top=0)  # Caffe's running max starts at -FLT_MAX
         return
 
@@ -94,6 +112,8 @@ def export_pooling(node: Node, ctx: ExportContext) -> None:
         ctx.op("AveragePool", x, top=0, kernel_shape=list(kernel), strides=list(stride), count_include_pad=1)
         return
     y = ctx.op("AveragePool", x, kernel_shape=list(kernel), strides=list(stride), count_include_pad=1)
+    if any(tail):
+        y = append_tail(y, 0.0)
     div = np.outer(*(_ave_correction(o, n, k, s, p) for o, n, k, s, p in zip(out, hw, kernel, stride, pad)))
     # kh*kw / pool_size in float64, rounded once to float32 (as caffe_pool2d): inf where pool_size
     # is 0 (0 * inf = NaN, Caffe's 0/0), negative where it is negative (Caffe's 0/c = -0).
