@@ -18,6 +18,7 @@ import fuzzing
 
 CASES = 2000  # load + forward
 CLI_CASES = 300  # caffenorm info
+EXPORT_CASES = 60  # loadable mutated nets through to_onnx and to_ncnn, with their checks
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,31 @@ def test_cli_info_returns_0_1_or_2(seeds, tmp_path):
             escapes.append(f"case {i}: {outcome} from {case.seed}: {'; '.join(case.mutations)[:200]}")
     assert not escapes, _report(escapes)
     assert codes["rc=0"] > 0 and codes["rc=1"] > 0, codes
+
+
+def test_exports_raise_only_caffenorm_errors(seeds, tmp_path):
+    """The exporters and their checks on mutated nets that load: an export, or an ExportError (a
+    refusal, a check that failed) -- found by this: a TypeError in ncnn's shape inference,
+    onnxruntime's own exceptions, padded copies of gigabytes for huge pooling strides."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("ncnn")
+    rng = random.Random(31)
+    outcomes: collections.Counter[str] = collections.Counter()
+    escapes = []
+    exported = 0
+    while exported < EXPORT_CASES:
+        case = fuzzing.random_case(seeds, rng)
+        proto, model = fuzzing.write_case(case, tmp_path)
+        if fuzzing.run_case(proto, model) != "ok":
+            continue
+        exported += 1
+        for fmt in ("onnx", "ncnn"):
+            outcome = fuzzing.run_export_case(proto, model, fmt, tmp_path)
+            outcomes[outcome] += 1
+            if "ESCAPE" in outcome:
+                escapes.append(f"{outcome} from {case.seed}: {'; '.join(case.mutations)[:200]}")
+    assert not escapes, _report(escapes)
+    assert outcomes["onnx ok"] > 0 and outcomes["ncnn ok"] > 0, outcomes
 
 
 def test_the_seeds_themselves_run(seeds, tmp_path):
