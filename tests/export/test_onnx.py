@@ -911,7 +911,7 @@ def test_a_model_onnxruntime_cannot_run_is_an_export_error(tmp_path, monkeypatch
 @pytest.mark.parametrize("n", [17, 2147483647])
 def test_lrn_window_wider_than_the_channels_is_a_reduce_sum(tmp_path, n):
     """A window covering every channel at every channel is a sum over all channels; runtimes size
-    their LRN work by the window (2**31 - 1 ran for minutes in onnxruntime, found by fuzzing)."""
+    their LRN buffers by the window (onnxruntime asked for 3 TB at 2**30 + 1, found by fuzzing)."""
     param = f"lrn_param {{ local_size: {n} alpha: 1.5 beta: 0.75 k: 2 }}"
     net = load_net(tmp_path, _layer("LRN", param), {"data": (2, 4, 3, 5)})
     _, path = export(net, tmp_path)
