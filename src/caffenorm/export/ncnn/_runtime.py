@@ -212,7 +212,7 @@ def check_ncnn(
                         )
                     settings = _detection_settings(net, name)
                     want[name] = detection_rows(settings, *(out[b] for b in detections[name]))
-                    notes[name] = (notes.get(name, "") + "; " if name in notes else "") + "on ncnn's own bottoms"
+                    notes[name] = "; ".join(filter(None, (notes.get(name), "on ncnn's own bottoms")))
             checks += compare_blobs(want, got, names, batch, rtol, atol, notes or None)
             runs.append((feeds, dict(pairs), want))
     return checks, runs

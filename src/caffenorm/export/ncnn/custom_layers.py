@@ -27,10 +27,13 @@ from __future__ import annotations
 from typing import Any, Final
 
 import numpy as np
+import torch
+
+from caffenorm.caffe.ops.detection import _FLT_MAX, CODE_TYPES, _check_detection_settings, detection_output
+from caffenorm.errors import CaffeNormError, LayerConfigError
 
 __all__ = [
     "CAFFE_DETECTION_OUTPUT",
-    "CODE_TYPE_IDS",
     "CUSTOM_LAYER_TYPES",
     "check_settings",
     "register_custom_layers",
@@ -48,11 +51,9 @@ DETOUT_TOP_K: Final = 4  # default -1: all
 DETOUT_ETA: Final = 5  # default 1
 DETOUT_KEEP_TOP_K: Final = 6  # default -1: all
 DETOUT_CONFIDENCE_THRESHOLD: Final = 7  # default -FLT_MAX: keep a box iff score > threshold
-DETOUT_CODE_TYPE: Final = 8  # Caffe's PriorBoxParameter.CodeType numbers; default 2
+DETOUT_CODE_TYPE: Final = 8  # Caffe's PriorBoxParameter.CodeType numbers (CODE_TYPES); default 2
 DETOUT_VARIANCE_ENCODED_IN_TARGET: Final = 9  # default 0
 
-CODE_TYPE_IDS: Final = {"CORNER": 1, "CENTER_SIZE": 2, "CORNER_SIZE": 3}
-FLT_MAX: Final = float(np.finfo(np.float32).max)
 
 # ncnn holds raw pointers to the Python layer objects it creates; they must stay referenced here
 # until ncnn's destroyer releases them.
@@ -62,9 +63,7 @@ _ALIVE: dict[int, Any] = {}
 def detection_settings(pd: Any) -> dict[str, Any]:
     """The keyword arguments of :func:`~caffenorm.caffe.ops.detection.detection_output` from an
     ncnn ``ParamDict`` of a ``CaffeDetectionOutput`` layer."""
-    codes = {v: k for k, v in CODE_TYPE_IDS.items()}
-    threshold = float(pd.get(DETOUT_CONFIDENCE_THRESHOLD, -FLT_MAX))
-    code = int(pd.get(DETOUT_CODE_TYPE, 2))
+    threshold = float(pd.get(DETOUT_CONFIDENCE_THRESHOLD, -_FLT_MAX))
     return {
         "num_classes": int(pd.get(DETOUT_NUM_CLASSES, 0)),
         "share_location": bool(pd.get(DETOUT_SHARE_LOCATION, 1)),
@@ -73,8 +72,8 @@ def detection_settings(pd: Any) -> dict[str, Any]:
         "top_k": int(pd.get(DETOUT_TOP_K, -1)),
         "eta": float(pd.get(DETOUT_ETA, 1.0)),
         "keep_top_k": int(pd.get(DETOUT_KEEP_TOP_K, -1)),
-        "confidence_threshold": None if threshold <= -FLT_MAX else threshold,
-        "code_type": codes.get(code, code),  # an unknown number is refused by detection_output
+        "confidence_threshold": None if threshold <= -_FLT_MAX else threshold,
+        "code_type": int(pd.get(DETOUT_CODE_TYPE, CODE_TYPES["CENTER_SIZE"])),  # a number; bad ones are refused
         "variance_encoded_in_target": bool(pd.get(DETOUT_VARIANCE_ENCODED_IN_TARGET, 0)),
     }
 
@@ -82,9 +81,6 @@ def detection_settings(pd: Any) -> dict[str, Any]:
 def check_settings(settings: dict[str, Any]) -> None:
     """Caffe's ``LayerSetUp`` checks on the settings read from a ``.param``: a
     :class:`~caffenorm.LayerConfigError` naming the layer type and the bad value."""
-    from caffenorm.caffe.ops.detection import _check_detection_settings
-    from caffenorm.errors import CaffeNormError, LayerConfigError
-
     keys = ("num_classes", "share_location", "background_label_id", "nms_threshold", "top_k", "eta", "keep_top_k",
             "confidence_threshold", "code_type")
     try:
@@ -96,9 +92,6 @@ def check_settings(settings: dict[str, Any]) -> None:
 def detection_rows(settings: dict[str, Any], loc: np.ndarray, conf: np.ndarray, prior: np.ndarray) -> np.ndarray:
     """``CaffeDetectionOutput`` on one image's flat bottoms: ``(K, 6)`` float32 rows (see the
     module docstring), computed by caffenorm's DetectionOutput."""
-    import torch
-
-    from caffenorm.caffe.ops.detection import detection_output
 
     def row(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32).reshape(1, -1))

@@ -25,11 +25,11 @@ from typing import Final
 import numpy as np
 
 from caffenorm.caffe.layers.detection import DetectionOutput, PriorBox
+from caffenorm.caffe.ops.detection import CODE_TYPES
 from caffenorm.export.ncnn._model import Blob, EmitContext, ParamValue
 from caffenorm.export.ncnn._registry import register_emitter
 from caffenorm.export.ncnn.custom_layers import (
     CAFFE_DETECTION_OUTPUT,
-    CODE_TYPE_IDS,
     DETOUT_BACKGROUND_LABEL_ID,
     DETOUT_CODE_TYPE,
     DETOUT_CONFIDENCE_THRESHOLD,
@@ -111,7 +111,7 @@ def emit_detection_output(ctx: EmitContext, module: DetectionOutput, bottoms: Se
         DETOUT_TOP_K: module.top_k,
         DETOUT_ETA: float(module.eta),
         DETOUT_KEEP_TOP_K: module.keep_top_k,
-        DETOUT_CODE_TYPE: CODE_TYPE_IDS[module.code_type],
+        DETOUT_CODE_TYPE: CODE_TYPES[module.code_type],
         DETOUT_VARIANCE_ENCODED_IN_TARGET: int(module.variance_encoded_in_target),
     }
     if module.confidence_threshold is not None:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from caffenorm.caffe.layers.pooling import Pooling
-from caffenorm.caffe.ops.pooling import _FLT_MAX, pooled_size
+from caffenorm.caffe.ops.pooling import _FLT_MAX, _inside, pooled_size
 from caffenorm.export.ncnn._model import Blob, EmitContext, ParamValue
 from caffenorm.export.ncnn._registry import register_emitter
 
@@ -118,7 +118,7 @@ def emit_pooling(ctx: EmitContext, module: Pooling, bottoms: Sequence[Blob]) -> 
     # MAX windows that start beyond the padded input (stride > kernel, no padding) hold nothing:
     # Caffe gives them -FLT_MAX.  They are appended to the pooled output by a Padding layer rather
     # than read from an input padded out to them (a stride of 4096 on 16 x 13 took 9 s that way).
-    inside = tuple(min(o, (n + 2 * p - 1) // s + 1) for o, n, s, p in zip(out, hw, stride, pad))
+    inside = _inside(hw, out, stride, pad)
     ends = [(i - 1) * s + k for i, s, k in zip(inside, stride, kernel)]
     # Caffe's pads, and at the bottom/right what its last window reads beyond them (for MAX the
     # -FLT_MAX padding never wins over an image value).

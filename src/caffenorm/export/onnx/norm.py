@@ -44,10 +44,7 @@ def export_lrn(node: Node, ctx: ExportContext) -> None:
             # A window reaching every channel from every channel sums all of them; written as a
             # ReduceSumSquare, since runtimes size their LRN buffers by the window (onnxruntime asked
             # for 3 TB at a local_size of 2**30 + 1 and failed; found by fuzzing).
-            total = ctx.reduce_sum_square(x, [1])
-            scaled = ctx.op("Mul", total, ctx.const(lrn.alpha / n))
-            factor = ctx.op("Pow", ctx.op("Add", scaled, ctx.const(lrn.k)), ctx.const(-lrn.beta))
-            ctx.op("Mul", x, factor, top=0)
+            _lrn_scale(ctx, x, ctx.reduce_sum_square(x, [1]), lrn.alpha / n, lrn.k, lrn.beta)
             return
         if lrn.alpha > 0 and lrn.beta > 0:
             ctx.op("LRN", x, top=0, size=n, alpha=float(lrn.alpha), beta=float(lrn.beta), bias=float(lrn.k))
@@ -57,9 +54,7 @@ def export_lrn(node: Node, ctx: ExportContext) -> None:
         sq = ctx.op("Unsqueeze", ctx.op("Mul", x, x), ctx.ints([1]))  # (N, 1, C, H, W)
         padded = ctx.op("Pad", sq, ctx.ints([0, 0, p, 0, 0, 0, 0, p, 0, 0]), ctx.const(0.0), mode="constant")
         mean = ctx.op("AveragePool", padded, kernel_shape=[n, 1, 1], strides=[1, 1, 1], count_include_pad=1)
-        scaled = ctx.op("Mul", ctx.op("Squeeze", mean, ctx.ints([1])), ctx.const(lrn.alpha))
-        factor = ctx.op("Pow", ctx.op("Add", scaled, ctx.const(lrn.k)), ctx.const(-lrn.beta))
-        ctx.op("Mul", x, factor, top=0)
+        _lrn_scale(ctx, x, ctx.op("Squeeze", mean, ctx.ints([1])), lrn.alpha, lrn.k, lrn.beta)
         return
     sq = ctx.op("Mul", x, x)
     # Explicit zero padding, then an unpadded pool: the divisor is n*n everywhere, as Caffe's.  (The
@@ -67,9 +62,14 @@ def export_lrn(node: Node, ctx: ExportContext) -> None:
     # count_include_pad -- OpenCV dnn 4.x does -- compute it right too.)
     padded = ctx.op("Pad", sq, ctx.ints([0, 0, p, p, 0, 0, p, p]), ctx.const(0.0), mode="constant")
     mean = ctx.op("AveragePool", padded, kernel_shape=[n, n], strides=[1, 1], count_include_pad=1)
-    scaled = ctx.op("Mul", mean, ctx.const(lrn.alpha))
-    shifted = ctx.op("Add", scaled, ctx.const(1.0))  # Caffe's Power shift is 1 here, whatever k says
-    factor = ctx.op("Pow", shifted, ctx.const(-lrn.beta))
+    # Caffe's Power shift is 1 here, whatever k says.
+    _lrn_scale(ctx, x, mean, lrn.alpha, 1.0, lrn.beta)
+
+
+def _lrn_scale(ctx: ExportContext, x: str, window: str, coef: float, shift: float, beta: float) -> None:
+    """The current node's top: ``x * (shift + coef * window)^-beta``."""
+    scaled = ctx.op("Mul", window, ctx.const(coef))
+    factor = ctx.op("Pow", ctx.op("Add", scaled, ctx.const(shift)), ctx.const(-beta))
     ctx.op("Mul", x, factor, top=0)
 
 

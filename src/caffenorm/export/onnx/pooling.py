@@ -16,18 +16,11 @@ import numpy as np
 
 from caffenorm.caffe.graph import Node
 from caffenorm.caffe.layers.pooling import Pooling
-from caffenorm.caffe.ops.pooling import _FLT_MAX, pooled_size
+from caffenorm.caffe.ops.pooling import _FLT_MAX, _ave_divisor, _fits, _inside, pooled_size
 from caffenorm.export.onnx._context import ExportContext
 from caffenorm.export.onnx._registry import register_exporter
 
 __all__ = ["export_pooling"]
-
-
-def _ave_correction(out: int, size: int, kernel: int, stride: int, pad: int) -> np.ndarray:
-    """Caffe's AVE ``pool_size`` factor along one axis, ``min(start+k, size+pad) - start`` with
-    ``start = p*stride - pad`` (taken before the window is clipped to the image)."""
-    start = np.arange(out, dtype=np.int64) * stride - pad
-    return np.minimum(start + kernel, size + pad) - start
 
 
 @register_exporter(Pooling)
@@ -67,7 +60,7 @@ def export_pooling(node: Node, ctx: ExportContext) -> None:
     # windows that start inside it are pooled (``inside``) and the rest are appended to the
     # pooled output as constants: -FLT_MAX for MAX; for AVE a zero sum, which the divisor map
     # below turns into Caffe's 0 / pool_size (-0, +0 or NaN).
-    inside = tuple(min(o, (n + 2 * p - 1) // s + 1) for o, n, s, p in zip(out, hw, stride, pad))
+    inside = _inside(hw, out, stride, pad)
     tail = [o - i for o, i in zip(out, inside)]
     # Where the last of those windows ends, relative to the unpadded input: the input is padded up to
     # there.  Input beyond it, which no window reads, needs no crop: a floor-mode pooling of the
@@ -100,7 +93,7 @@ def export_pooling(node: Node, ctx: ExportContext) -> None:
         ctx.op("Max", y, ctx.const(-_FLT_MAX), top=0)  # Caffe's running max starts at -FLT_MAX
         return
 
-    fits = all((o - 1) * s + k <= n + 2 * p for n, o, k, s, p in zip(hw, out, kernel, stride, pad))
+    fits = _fits(hw, out, kernel, stride, pad)
     # Padding as an explicit Pad (zeros): a pooling without pads then has nothing to exclude, so
     # its divisor is kh*kw whatever a reader does with count_include_pad (OpenCV dnn 4.x ignores
     # it), and pads >= kernel/2, which some readers refuse, are no problem.
@@ -114,7 +107,7 @@ def export_pooling(node: Node, ctx: ExportContext) -> None:
     y = ctx.op("AveragePool", x, kernel_shape=list(kernel), strides=list(stride), count_include_pad=1)
     if any(tail):
         y = append_tail(y, 0.0)
-    div = np.outer(*(_ave_correction(o, n, k, s, p) for o, n, k, s, p in zip(out, hw, kernel, stride, pad)))
+    div = np.outer(*(_ave_divisor(o, n, k, s, p).numpy() for o, n, k, s, p in zip(out, hw, kernel, stride, pad)))
     # kh*kw / pool_size in float64, rounded once to float32 (as caffe_pool2d): inf where pool_size
     # is 0 (0 * inf = NaN, Caffe's 0/0), negative where it is negative (Caffe's 0/c = -0).
     with np.errstate(divide="ignore"):
