@@ -34,7 +34,6 @@ EXPECTED = {
     "_sample_dx_kernel",
     "_stats_kernel",
     "_apply_kernel",
-    "_inference_kernel",
     "_grad_sums_kernel",
     "_dx_kernel",
 }

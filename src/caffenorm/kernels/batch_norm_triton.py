@@ -11,8 +11,8 @@ fallback), with ``m`` = values per channel (N x spatial), float32 math for float
     global statistics: dx = w * rsqrt(var + eps) * g
     dw = sum(g * xhat),  db = sum(g)
 
-Inference without autograd (eval, no gradient wanted) is a single kernel that derives ``mu`` and
-``var`` from the three blobs itself, so a net's BatchNorm layers cost one launch each on a GPU
+Inference without autograd (eval, no gradient wanted) is a single kernel launch that derives
+``mu`` and ``var`` from the three blobs itself (``_apply_kernel`` with ``FROM_SUMS``), so a net's BatchNorm layers cost one launch each on a GPU
 (deriving the statistics with torch ops first meant eight more small launches per layer); with autograd,
 the statistics are derived with torch ops and the forward/backward kernels below run.
 
@@ -72,13 +72,15 @@ def _stats_kernel(
 
 @triton.jit
 def _apply_kernel(
-    x_ptr, y_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr,
+    x_ptr, y_ptr, mean_ptr, rstd_ptr, s_ptr, w_ptr, b_ptr, eps,
     L, M, NB,
     sxn, sxc, sxl,
     syn, syc, syl,
-    HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK: tl.constexpr,
+    FROM_SUMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    """y = (x - mu_c) * (rstd_c * w_c) + b_c."""
+    """y = (x - mu_c) * (rstd_c * w_c) + b_c.  With FROM_SUMS, mean_ptr / rstd_ptr hold Caffe's
+    blobs b0 / b1 (s at s_ptr) and the statistics are derived here (nothing to launch or cache
+    beforehand): f = 0 if s == 0 else 1/s, mu = f*b0, rstd = rsqrt(f*b1 + eps)."""
     pid = tl.program_id(0)
     c = pid // NB
     j = (pid % NB) * BLOCK + tl.arange(0, BLOCK)
@@ -88,40 +90,14 @@ def _apply_kernel(
     c64 = c.to(tl.int64)
     n64 = n.to(tl.int64)
     x = tl.load(x_ptr + c64 * sxc + n64 * sxn + l * sxl, mask=ok, other=0.0).to(tl.float32)
-    a = tl.load(rstd_ptr + c)
-    if HAS_W:
-        a = a * tl.load(w_ptr + c).to(tl.float32)
-    y = (x - tl.load(mean_ptr + c)) * a
-    if HAS_B:
-        y = y + tl.load(b_ptr + c).to(tl.float32)
-    tl.store(y_ptr + c64 * syc + n64 * syn + l * syl, y.to(y_ptr.dtype.element_ty), mask=ok)
-
-
-@triton.jit
-def _inference_kernel(
-    x_ptr, y_ptr, msum_ptr, vsum_ptr, s_ptr, w_ptr, b_ptr, eps,
-    L, M, NB,
-    sxn, sxc, sxl,
-    syn, syc, syl,
-    HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK: tl.constexpr,
-):  # fmt: skip
-    """Inference with the stored statistics, derived in the kernel from Caffe's blobs (nothing to
-    launch or cache beforehand): f = 0 if s == 0 else 1/s, mu = f*b0, var = f*b1,
-    y = (x - mu) * (rsqrt(var + eps) * w) + b."""
-    pid = tl.program_id(0)
-    c = pid // NB
-    j = (pid % NB) * BLOCK + tl.arange(0, BLOCK)
-    ok = j < M
-    n = j // L
-    l = j - n * L
-    c64 = c.to(tl.int64)
-    n64 = n.to(tl.int64)
-    x = tl.load(x_ptr + c64 * sxc + n64 * sxn + l * sxl, mask=ok, other=0.0).to(tl.float32)
-    s = tl.load(s_ptr).to(tl.float32)
-    f = tl.where(s == 0.0, 0.0, tl.div_rn(1.0, s))
-    mu = tl.load(msum_ptr + c).to(tl.float32) * f
-    var = tl.load(vsum_ptr + c).to(tl.float32) * f
-    a = tl.div_rn(1.0, tl.sqrt_rn(var + eps))
+    if FROM_SUMS:
+        s = tl.load(s_ptr).to(tl.float32)
+        f = tl.where(s == 0.0, 0.0, tl.div_rn(1.0, s))
+        mu = tl.load(mean_ptr + c).to(tl.float32) * f
+        a = tl.div_rn(1.0, tl.sqrt_rn(tl.load(rstd_ptr + c).to(tl.float32) * f + eps))
+    else:
+        mu = tl.load(mean_ptr + c)
+        a = tl.load(rstd_ptr + c)
     if HAS_W:
         a = a * tl.load(w_ptr + c).to(tl.float32)
     y = (x - mu) * a
@@ -233,8 +209,8 @@ class _BatchNormFunction(torch.autograd.Function):
             b = bias.contiguous() if bias is not None else rstd
             y3 = torch.empty_like(x3)
             _apply_kernel[(c * nb,)](
-                x3, y3, mean, rstd, w, b, l, m, nb, *x3.stride(), *y3.stride(),
-                HAS_W=weight is not None, HAS_B=bias is not None, BLOCK=_BLOCK,
+                x3, y3, mean, rstd, rstd, w, b, 0.0, l, m, nb, *x3.stride(), *y3.stride(),
+                FROM_SUMS=False, HAS_W=weight is not None, HAS_B=bias is not None, BLOCK=_BLOCK,
             )  # fmt: skip
         ctx.save_for_backward(x3, weight, mean, rstd)
         ctx.train = train
@@ -287,9 +263,10 @@ def _inference(
     with _device(x3):
         w = weight.contiguous() if weight is not None else mean_sum  # placeholder pointer when unused
         b = bias.contiguous() if bias is not None else mean_sum
-        _inference_kernel[(c * nb,)](
+        _apply_kernel[(c * nb,)](
             x3, y3, mean_sum.contiguous(), var_sum.contiguous(), scale_factor, w, b, float(eps), l, m, nb,
-            *x3.stride(), *y3.stride(), HAS_W=weight is not None, HAS_B=bias is not None, BLOCK=_BLOCK,
+            *x3.stride(), *y3.stride(), FROM_SUMS=True, HAS_W=weight is not None, HAS_B=bias is not None,
+            BLOCK=_BLOCK,
         )  # fmt: skip
     return y3
 
